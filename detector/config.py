@@ -1,0 +1,140 @@
+"""Configuration dataclasses: one place for every model size and its settings.
+
+The CLI and YAML files only fill these in; nothing else holds hyper-parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+# Anchors are (width, height) in input pixels, one tuple per output stride.
+Anchors = tuple[tuple[tuple[float, float], ...], ...]
+
+# A generic 9-anchor set for a 320-pixel input (three per stride 8/16/32); the trainer
+# replaces it with k-means anchors fitted to the training boxes.
+DEFAULT_ANCHORS: Anchors = (
+    ((10.0, 13.0), (16.0, 30.0), (33.0, 23.0)),
+    ((30.0, 61.0), (62.0, 45.0), (59.0, 119.0)),
+    ((116.0, 90.0), (156.0, 198.0), (373.0, 326.0)),
+)
+DEFAULT_STRIDES: tuple[int, ...] = (8, 16, 32)
+
+
+@dataclass(frozen=True)
+class SizeSpec:
+    """Widths and depths of one named model size."""
+
+    widths: tuple[int, int, int, int, int]  # channels: stem, stride 4, 8, 16, 32
+    depths: tuple[int, int, int, int]  # residual blocks at strides 4, 8, 16, 32
+    neck_depth: int  # residual blocks in each neck merge block
+
+
+MODEL_SIZES: dict[str, SizeSpec] = {
+    # Trains on 2 CPU cores; the shipped digits model.
+    "tiny": SizeSpec(widths=(16, 32, 64, 128, 256), depths=(1, 1, 1, 1), neck_depth=1),
+    # A GPU size: about 4x the channels' cost of tiny, deeper at strides 8 and 16.
+    "small": SizeSpec(widths=(32, 64, 128, 256, 512), depths=(1, 2, 3, 1), neck_depth=1),
+    "medium": SizeSpec(widths=(48, 96, 192, 384, 768), depths=(2, 4, 6, 2), neck_depth=2),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to build a grid detector and to decode its output."""
+
+    num_classes: int  # C: number of object classes
+    size: str = "tiny"  # a key of MODEL_SIZES
+    input_size: int = 320  # side of the square letterboxed input, multiple of 32
+    anchors: Anchors = DEFAULT_ANCHORS  # per stride, A (w, h) in input pixels
+    strides: tuple[int, ...] = DEFAULT_STRIDES  # output strides, one per scale
+    num_landmarks: int = 0  # K: keypoints per object (0 for plain boxes)
+    class_names: tuple[str, ...] = ()  # optional, len == num_classes when given
+    landmark_names: tuple[str, ...] = ()  # optional, len == num_landmarks when given
+    flip_idx: tuple[int, ...] = ()  # landmark permutation for a horizontal flip
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.size not in MODEL_SIZES:
+            raise ValueError(f"unknown model size {self.size!r}; expected one of {list(MODEL_SIZES)}")
+        if self.input_size <= 0 or self.input_size % max(self.strides) != 0:
+            raise ValueError(
+                f"input_size must be a positive multiple of {max(self.strides)}, got {self.input_size}"
+            )
+        if len(self.anchors) != len(self.strides):
+            raise ValueError(
+                f"need one anchor set per stride: {len(self.anchors)} sets for {len(self.strides)} strides"
+            )
+        if len({len(a) for a in self.anchors}) != 1:
+            raise ValueError("every stride must have the same number of anchors")
+        if self.num_landmarks < 0:
+            raise ValueError(f"num_landmarks must be >= 0, got {self.num_landmarks}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"{len(self.class_names)} class names for {self.num_classes} classes"
+            )
+        if self.flip_idx and sorted(self.flip_idx) != list(range(self.num_landmarks)):
+            raise ValueError(f"flip_idx must be a permutation of 0..{self.num_landmarks - 1}")
+
+    @property
+    def num_anchors(self) -> int:
+        """A: anchors per cell (the same at every scale)."""
+        return len(self.anchors[0])
+
+    @property
+    def num_outputs(self) -> int:
+        """D = 5 + C + 2K: values each anchor predicts."""
+        return 5 + self.num_classes + 2 * self.num_landmarks
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Class names; ``"0"``, ``"1"``, … when none were given."""
+        return self.class_names or tuple(str(i) for i in range(self.num_classes))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        """Inverse of :meth:`to_dict` (JSON lists become tuples)."""
+
+        def tup(x):
+            return tuple(tup(v) for v in x) if isinstance(x, list | tuple) else x
+
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**{k: tup(v) for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Gains and rules of the training loss."""
+
+    box_gain: float = 0.05  # weight of the (1 - CIoU) box term
+    obj_gain: float = 1.0  # weight of the objectness BCE term
+    cls_gain: float = 0.5  # weight of the class BCE term
+    landmark_gain: float = 0.5  # weight of the landmark smooth-L1 term (K > 0)
+    scale_balance: tuple[float, ...] = (4.0, 1.0, 0.4)  # objectness weight per stride
+    ignore_threshold: float = 0.5  # non-best anchors with shape IoU above: objectness ignored
+    iou_objectness: bool = True  # objectness target of positives = IoU(pred, gt), not 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run."""
+
+    epochs: int = 50
+    batch_size: int = 16
+    lr: float = 0.01  # peak learning rate (SGD) after warm-up
+    momentum: float = 0.937
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    final_lr_ratio: float = 0.05  # cosine decays to lr * final_lr_ratio
+    ema_decay: float = 0.999
+    patience: int = 20  # epochs without val improvement before early stop (0 = never)
+    workers: int = 2
+    seed: int = 0
+    amp: bool = True  # only takes effect on CUDA
+    loss: LossConfig = field(default_factory=LossConfig)

@@ -11,11 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
-from torchvision.ops import batched_nms
+from torchvision.ops import nms as torchvision_nms
 
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
+
+# nms ranks boxes with float32 pseudo-scores N, N-1, ..., 1: exact up to 2**24.
+MAX_NMS_BOXES = 2**24
+# Grey used by YOLO-family models to pad letterboxed images.
+LETTERBOX_PAD_VALUE = 114
+# cv2.copyMakeBorder takes a fill value of at most four channels.
+MAX_LETTERBOX_CHANNELS = 4
 
 
 def box_convert(boxes: torch.Tensor, in_fmt: str, out_fmt: str) -> torch.Tensor:
@@ -104,6 +112,11 @@ def clip_boxes(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out
 
 
+def _float32_predecessor(value: float) -> float:
+    """The largest float32 strictly below ``float32(value)``, as a Python float."""
+    return float(np.nextafter(np.float32(value), np.float32(-np.inf), dtype=np.float32))
+
+
 def nms(
     boxes: torch.Tensor,
     scores: torch.Tensor,
@@ -114,24 +127,85 @@ def nms(
 ) -> torch.Tensor:
     """Greedy non-maximum suppression, independently per class.
 
-    Boxes with ``score <= score_threshold`` are dropped first. Then, per class: keep the
-    highest-scoring box, drop every remaining box of that class whose IoU with it is
-    ``>= iou_threshold``... wait, torchvision drops ``> iou_threshold``; see below.
-    Boxes of different classes never suppress each other.
+    The algorithm, exactly:
+
+    1. drop every box with ``score <= score_threshold``;
+    2. order the rest by decreasing score; equal scores keep their input order (the lower
+       input index comes first);
+    3. per class, greedily: keep the first remaining box and drop every remaining box of
+       the same class whose IoU with it is ``>= iou_threshold``. Boxes of different classes
+       never suppress each other.
+    4. keep the first ``max_detections`` survivors in that order.
+
+    Scores, boxes and IoU are compared in float32 (half inputs are upcast to float32
+    copies). ``torchvision.ops.nms`` underneath drops ``IoU > threshold`` strictly, so it
+    is given the float32 predecessor of ``float32(iou_threshold)``: for float32 IoU values,
+    ``IoU > predecessor`` is the same test as ``IoU >= float32(iou_threshold)``. It is
+    given unique rank pseudo-scores rather than the scores themselves, which makes ties
+    deterministic.
+
+    Each class runs through ``torchvision.ops.nms`` on its own boxes (the strategy
+    ``torchvision.ops.batched_nms`` itself uses for large inputs). Its other strategy,
+    offsetting each class's boxes by ``class * (max coordinate + 1)``, is not used: it
+    rounds the shifted coordinates, and with negative coordinates (unclipped decoded
+    boxes) it lets boxes of different classes suppress each other.
 
     Args:
-        boxes: ``(N, 4)`` xyxy.
-        scores: ``(N,)``.
+        boxes: ``(N, 4)`` xyxy, any float dtype.
+        scores: ``(N,)`` scores, compared as float32.
         classes: ``(N,)`` integer class ids.
-        iou_threshold: suppression threshold in ``[0, 1]``.
-        score_threshold: boxes at or below this score are discarded.
-        max_detections: keep at most this many (the highest scores) after NMS.
+        iou_threshold: suppression threshold in ``[0, 1]``; a same-class box whose IoU with
+            a kept box is ``>=`` this is dropped.
+        score_threshold: in ``[0, 1]``; boxes with ``score <= score_threshold`` are
+            discarded before suppression.
+        max_detections: keep at most this many (the highest scores) after suppression;
+            ``None`` keeps all.
 
     Returns:
-        ``(K,)`` int64 indices into the input, sorted by decreasing score, on the
-        input's device. Never modifies the inputs.
+        ``(K,)`` int64 indices into the input, sorted by decreasing score (ties: lower
+        index first), on the input's device. Never modifies the inputs.
     """
-    raise NotImplementedError
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (N, 4), got {tuple(boxes.shape)}")
+    num_boxes = boxes.shape[0]
+    for name, tensor in (("scores", scores), ("classes", classes)):
+        if tensor.shape != (num_boxes,):
+            raise ValueError(
+                f"{name} must have shape ({num_boxes},) to match boxes, got {tuple(tensor.shape)}"
+            )
+        if tensor.device != boxes.device:
+            raise ValueError(f"{name} is on {tensor.device} but boxes are on {boxes.device}")
+    for name, value in (("iou_threshold", iou_threshold), ("score_threshold", score_threshold)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    if max_detections is not None and max_detections < 0:
+        raise ValueError(f"max_detections must be >= 0 or None, got {max_detections}")
+    if num_boxes > MAX_NMS_BOXES:
+        raise ValueError(f"nms supports at most {MAX_NMS_BOXES} boxes, got {num_boxes}")
+
+    empty = torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    scores32 = scores.to(torch.float32)
+    candidates = torch.nonzero(scores32 > score_threshold).squeeze(1)  # (M,) input indices
+    if candidates.numel() == 0 or max_detections == 0:
+        return empty
+    order = torch.sort(scores32[candidates], descending=True, stable=True).indices
+    candidates = candidates[order]  # (M,) by decreasing score, ties by input index
+    num_candidates = candidates.numel()
+    # Unique pseudo-scores: rank 0 gets M, the last gets 1 (exact in float32 up to 2**24).
+    ranks = torch.arange(num_candidates, 0, -1, dtype=torch.float32, device=boxes.device)
+    cand_boxes = boxes[candidates].to(torch.float32)  # (M, 4) xyxy, a copy
+    cand_classes = classes[candidates]  # (M,)
+    torch_threshold = _float32_predecessor(iou_threshold)
+
+    keep_mask = torch.zeros(num_candidates, dtype=torch.bool, device=boxes.device)
+    for class_id in torch.unique(cand_classes):
+        members = torch.nonzero(cand_classes == class_id).squeeze(1)  # (Mc,) positions
+        kept = torchvision_nms(cand_boxes[members], ranks[members], torch_threshold)
+        keep_mask[members[kept]] = True
+    kept_positions = torch.nonzero(keep_mask).squeeze(1)  # ascending position = score order
+    if max_detections is not None:
+        kept_positions = kept_positions[:max_detections]
+    return candidates[kept_positions]
 
 
 @dataclass(frozen=True)
@@ -165,6 +239,8 @@ def letterbox_params(
     if h <= 0 or w <= 0:
         raise ValueError(f"image size must be positive, got (h, w) = {original_size}")
     ih, iw = input_size
+    if ih <= 0 or iw <= 0:
+        raise ValueError(f"input_size must be positive, got (h, w) = {input_size}")
     scale = min(ih / h, iw / w)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
     pad_x = (iw - new_w) // 2
@@ -174,14 +250,52 @@ def letterbox_params(
 
 
 def letterbox_image(
-    image: np.ndarray, input_size: tuple[int, int] | int, pad_value: int = 114
+    image: np.ndarray, input_size: tuple[int, int] | int, pad_value: int = LETTERBOX_PAD_VALUE
 ) -> tuple[np.ndarray, Letterbox]:
-    """Resize ``image`` (H, W, C uint8) keeping aspect ratio and pad it to ``input_size``.
+    """Resize ``image`` keeping its aspect ratio and pad it to ``input_size``.
+
+    The resized size and padding are those of :func:`letterbox_params`. Shrinking uses
+    ``cv2.INTER_AREA``, growing ``cv2.INTER_LINEAR``; the border is filled with
+    ``pad_value`` in every channel.
+
+    Args:
+        image: ``(H, W, C)`` uint8, ``1 <= C <= 4``; not modified.
+        input_size: ``(ih, iw)`` of the result, or one int for a square.
+        pad_value: fill value of the border, ``0..255``.
 
     Returns:
         The ``(ih, iw, C)`` uint8 letterboxed image and its :class:`Letterbox` map.
     """
-    raise NotImplementedError
+    if not isinstance(image, np.ndarray) or image.ndim != 3:
+        shape = getattr(image, "shape", None)
+        raise ValueError(f"image must be an (H, W, C) numpy array, got shape {shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    height, width, channels = image.shape
+    if height == 0 or width == 0:
+        raise ValueError(f"image must not be empty, got shape {image.shape}")
+    if not 1 <= channels <= MAX_LETTERBOX_CHANNELS:
+        raise ValueError(
+            f"image must have 1 to {MAX_LETTERBOX_CHANNELS} channels, got shape {image.shape}"
+        )
+    if not 0 <= pad_value <= np.iinfo(np.uint8).max:
+        raise ValueError(f"pad_value must be in [0, 255], got {pad_value}")
+    lb = letterbox_params((height, width), input_size)
+    in_h, in_w = lb.input_size
+    new_w, new_h = round(lb.scale_x * width), round(lb.scale_y * height)
+    if (new_w, new_h) == (width, height):
+        resized = image.copy()
+    else:
+        shrink = new_w < width or new_h < height
+        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+        resized = resized.reshape(new_h, new_w, channels)  # cv2 drops a single channel axis
+    top, left = int(lb.pad_y), int(lb.pad_x)
+    bottom, right = in_h - new_h - top, in_w - new_w - left
+    out = cv2.copyMakeBorder(
+        resized, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(pad_value,) * channels
+    )
+    return out.reshape(in_h, in_w, channels), lb
 
 
 def points_to_input(points: torch.Tensor, lb: Letterbox) -> torch.Tensor:

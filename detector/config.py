@@ -56,7 +56,9 @@ class ModelConfig:
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if self.size not in MODEL_SIZES:
-            raise ValueError(f"unknown model size {self.size!r}; expected one of {list(MODEL_SIZES)}")
+            raise ValueError(
+                f"unknown model size {self.size!r}; expected one of {list(MODEL_SIZES)}"
+            )
         if self.input_size <= 0 or self.input_size % max(self.strides) != 0:
             raise ValueError(
                 f"input_size must be a positive multiple of {max(self.strides)}, got {self.input_size}"
@@ -70,9 +72,7 @@ class ModelConfig:
         if self.num_landmarks < 0:
             raise ValueError(f"num_landmarks must be >= 0, got {self.num_landmarks}")
         if self.class_names and len(self.class_names) != self.num_classes:
-            raise ValueError(
-                f"{len(self.class_names)} class names for {self.num_classes} classes"
-            )
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
         if self.flip_idx and sorted(self.flip_idx) != list(range(self.num_landmarks)):
             raise ValueError(f"flip_idx must be a permutation of 0..{self.num_landmarks - 1}")
 

@@ -1,0 +1,378 @@
+"""Ground truth to training targets, and raw head output back to boxes.
+
+The grid: an input of side ``S`` pixels gives, at each stride ``s`` (8, 16, 32), a grid
+of ``S/s × S/s`` cells, and each cell has ``A`` anchors of that stride. Every anchor
+predicts ``D = 5 + C + 2K`` raw values::
+
+    (tx, ty, tw, th, objectness, class_0 … class_{C-1}, lx_0, ly_0, … lx_{K-1}, ly_{K-1})
+
+Decoding (one formula, used by the loss, inference and the tests alike):
+
+* centre  ``cx = (2·σ(tx) − 0.5 + gx) · s`` — the centre may sit anywhere from half a
+  cell before to half a cell after its own cell, so a centre on a cell border is well
+  inside the sigmoid's range (YOLOv5's form);
+* size    ``w = anchor_w · exp(tw)`` — unbounded, so any box shape is reachable from
+  its best anchor (YOLOv2/v3's form); ``tw`` is clamped to ``MAX_LOG_SCALE`` first;
+* landmark ``x = (gx + 0.5) · s + lx · anchor_w`` (and ``y`` alike): an offset from the
+  cell centre in units of the anchor's size;
+* objectness and classes are independent sigmoids.
+
+Target assignment (Darknet's rule), per image, done by :class:`TargetEncoder`:
+
+* an object is assigned to the anchor, among *all* scales, whose shape has the highest
+  IoU with its box (shapes compared as if centred together; on equal IoU the lower
+  anchor index, i.e. the smaller stride, wins) and to the cell of that anchor's grid
+  that contains its centre, ``g = floor(c / s)``. A centre on the last pixel row or
+  column, or exactly on the image border, is clamped into the last cell;
+* collisions: objects are placed in order of decreasing area (ties by input order). If
+  an object's best slot (scale, cell, anchor) is taken, it falls back to its next-best
+  anchor (again in the cell of that anchor's grid that contains its centre), and so on;
+  an object that finds every candidate slot taken is dropped and counted in
+  ``Targets.num_dropped``;
+* other anchors: an anchor that is not a positive, but whose shape IoU with an object
+  is above ``ignore_threshold``, in the cell containing that object's centre, is
+  *ignored* for objectness (neither pushed to 0 nor to 1); every other slot is a
+  negative;
+* boxes of zero width or height are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from detector.boxes import wh_iou
+from detector.config import Anchors, ModelConfig
+
+# States of a (cell, anchor) slot in Targets.state.
+NEGATIVE = 0  # objectness target 0
+POSITIVE = 1  # an object is assigned: every loss term applies
+IGNORED = -1  # objectness is "don't care"
+
+MAX_LOG_SCALE = 6.0  # tw/th clamp before exp(): a box at most e^6 ≈ 400 anchors wide
+PERFECT_LOGIT = 20.0  # |logit| used by targets_to_logits for "certain" probabilities
+
+# Offsets of the values inside the last dimension D.
+BOX = slice(0, 4)
+OBJ = 4
+CLS = 5  # classes occupy [5, 5 + C)
+
+
+@dataclass
+class Targets:
+    """Training targets of one image (or a batch, with a leading ``B`` dimension).
+
+    Attributes (per scale, lists ordered like the strides):
+        target: ``(H, W, A, D)`` float32: ``cx, cy, w, h`` (input pixels), ``1`` at
+            positives, one-hot class, then ``2K`` landmark ``x, y`` (input pixels);
+            zero where the slot is not a positive.
+        state: ``(H, W, A)`` int8, one of ``NEGATIVE``, ``POSITIVE``, ``IGNORED``.
+        landmark_mask: ``(H, W, A, K)`` bool, True where a positive's landmark is
+            labelled (visibility > 0).
+        num_dropped: objects that lost every candidate slot to collisions.
+    """
+
+    target: list[torch.Tensor]
+    state: list[torch.Tensor]
+    landmark_mask: list[torch.Tensor]
+    num_dropped: int = 0
+
+    @staticmethod
+    def stack(items: list[Targets]) -> Targets:
+        """Batch per-image targets: every tensor gains a leading ``B`` dimension."""
+        num_scales = len(items[0].target)
+        return Targets(
+            target=[torch.stack([t.target[i] for t in items]) for i in range(num_scales)],
+            state=[torch.stack([t.state[i] for t in items]) for i in range(num_scales)],
+            landmark_mask=[
+                torch.stack([t.landmark_mask[i] for t in items]) for i in range(num_scales)
+            ],
+            num_dropped=sum(t.num_dropped for t in items),
+        )
+
+    def to(self, device: torch.device | str) -> Targets:
+        return Targets(
+            [t.to(device, non_blocking=True) for t in self.target],
+            [s.to(device, non_blocking=True) for s in self.state],
+            [m.to(device, non_blocking=True) for m in self.landmark_mask],
+            self.num_dropped,
+        )
+
+
+def anchor_tensor(anchors: Anchors) -> torch.Tensor:
+    """Anchors as a ``(S, A, 2)`` float32 tensor of ``(w, h)`` input pixels."""
+    return torch.tensor(anchors, dtype=torch.float32)  # (S, A, 2)
+
+
+class TargetEncoder:
+    """Turns ground truth into per-scale targets (see the module docstring for rules).
+
+    Args:
+        anchors: per stride, ``A`` anchor ``(w, h)`` in input pixels.
+        strides: output strides, e.g. ``(8, 16, 32)``.
+        num_classes: ``C``.
+        num_landmarks: ``K`` (0 for plain boxes).
+        input_size: side of the square model input in pixels.
+        ignore_threshold: shape IoU above which a non-positive anchor is ignored.
+    """
+
+    def __init__(
+        self,
+        anchors: Anchors,
+        strides: tuple[int, ...],
+        num_classes: int,
+        input_size: int,
+        num_landmarks: int = 0,
+        ignore_threshold: float = 0.5,
+    ) -> None:
+        self.anchors = anchor_tensor(anchors)  # (S, A, 2)
+        self.strides = tuple(strides)
+        self.num_classes = num_classes
+        self.num_landmarks = num_landmarks
+        self.input_size = input_size
+        self.ignore_threshold = ignore_threshold
+        self.grid_sizes = tuple(math.ceil(input_size / s) for s in self.strides)
+        self.num_outputs = 5 + num_classes + 2 * num_landmarks
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, ignore_threshold: float = 0.5) -> TargetEncoder:
+        return cls(
+            config.anchors,
+            config.strides,
+            config.num_classes,
+            config.input_size,
+            config.num_landmarks,
+            ignore_threshold,
+        )
+
+    def empty(self) -> Targets:
+        """Targets of an image without objects: every slot negative."""
+        num_anchors = self.anchors.shape[1]
+        k = self.num_landmarks
+        return Targets(
+            target=[torch.zeros(g, g, num_anchors, self.num_outputs) for g in self.grid_sizes],
+            state=[
+                torch.full((g, g, num_anchors), NEGATIVE, dtype=torch.int8) for g in self.grid_sizes
+            ],
+            landmark_mask=[
+                torch.zeros(g, g, num_anchors, k, dtype=torch.bool) for g in self.grid_sizes
+            ],
+        )
+
+    def __call__(
+        self,
+        boxes: torch.Tensor,
+        classes: torch.Tensor,
+        landmarks: torch.Tensor | None = None,
+    ) -> Targets:
+        """Encode one image.
+
+        Args:
+            boxes: ``(N, 4)`` xyxy in input pixels.
+            classes: ``(N,)`` int class ids in ``[0, C)``.
+            landmarks: ``(N, K, 3)`` ``(x, y, visibility)`` in input pixels, or ``None``.
+
+        Returns:
+            :class:`Targets` for this image.
+        """
+        boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        classes = torch.as_tensor(classes, dtype=torch.int64).reshape(-1)
+        if len(classes) != len(boxes):
+            raise ValueError(f"{len(boxes)} boxes but {len(classes)} class ids")
+        if len(classes) and (classes.min() < 0 or classes.max() >= self.num_classes):
+            raise ValueError(
+                f"class ids must be in [0, {self.num_classes}), got {classes.tolist()}"
+            )
+        k = self.num_landmarks
+        if landmarks is not None:
+            landmarks = torch.as_tensor(landmarks, dtype=torch.float32)
+            if landmarks.shape != (len(boxes), k, 3):
+                raise ValueError(
+                    f"landmarks must have shape ({len(boxes)}, {k}, 3), got {tuple(landmarks.shape)}"
+                )
+        out = self.empty()
+        wh = boxes[:, 2:] - boxes[:, :2]  # (N, 2)
+        valid = (wh > 0).all(1)
+        if not valid.any():
+            return out
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # (N, 2)
+        num_scales, num_anchors = self.anchors.shape[:2]
+        flat_anchors = self.anchors.reshape(-1, 2)  # (S*A, 2)
+        shape_iou = wh_iou(wh, flat_anchors)  # (N, S*A)
+
+        # Larger objects choose first; the stable sort keeps input order on ties.
+        area = wh.prod(1)
+        order = torch.sort(-area, stable=True).indices
+        for n in order.tolist():
+            if not valid[n]:
+                continue
+            candidates = torch.sort(-shape_iou[n], stable=True).indices.tolist()
+            placed = False
+            for flat in candidates:
+                scale, a = divmod(flat, num_anchors)
+                gx, gy = self._cell(centres[n], scale)
+                if out.state[scale][gy, gx, a] == POSITIVE:
+                    continue
+                self._place(
+                    out,
+                    scale,
+                    gy,
+                    gx,
+                    a,
+                    boxes[n],
+                    centres[n],
+                    wh[n],
+                    classes[n],
+                    None if landmarks is None else landmarks[n],
+                )
+                placed = True
+                break
+            if not placed:
+                out.num_dropped += 1
+
+        # Ignore non-positive anchors that fit some object well, in that object's cell.
+        for n in range(len(boxes)):
+            if not valid[n]:
+                continue
+            for flat in torch.nonzero(shape_iou[n] > self.ignore_threshold).flatten().tolist():
+                scale, a = divmod(flat, num_anchors)
+                gx, gy = self._cell(centres[n], scale)
+                if out.state[scale][gy, gx, a] == NEGATIVE:
+                    out.state[scale][gy, gx, a] = IGNORED
+        return out
+
+    def _cell(self, centre: torch.Tensor, scale: int) -> tuple[int, int]:
+        """The (gx, gy) cell of a centre at one scale, clamped into the grid."""
+        g = self.grid_sizes[scale]
+        stride = self.strides[scale]
+        gx = min(max(int(math.floor(float(centre[0]) / stride)), 0), g - 1)
+        gy = min(max(int(math.floor(float(centre[1]) / stride)), 0), g - 1)
+        return gx, gy
+
+    def _place(self, out, scale, gy, gx, a, box, centre, wh, cls, landmarks) -> None:
+        t = out.target[scale][gy, gx, a]  # (D,) view
+        t[0:2] = centre
+        t[2:4] = wh
+        t[OBJ] = 1.0
+        t[CLS + int(cls)] = 1.0
+        out.state[scale][gy, gx, a] = POSITIVE
+        if landmarks is not None and self.num_landmarks:
+            lm_start = CLS + self.num_classes
+            t[lm_start:] = landmarks[:, :2].reshape(-1)
+            out.landmark_mask[scale][gy, gx, a] = landmarks[:, 2] > 0
+
+
+@dataclass
+class Decoded:
+    """Decoded predictions of a batch, all scales concatenated (``P`` = Σ H·W·A).
+
+    Attributes:
+        boxes: ``(B, P, 4)`` xyxy in input pixels.
+        objectness: ``(B, P)`` probabilities.
+        class_probs: ``(B, P, C)`` independent per-class probabilities.
+        landmarks: ``(B, P, K, 2)`` xy in input pixels (``K`` may be 0).
+    """
+
+    boxes: torch.Tensor
+    objectness: torch.Tensor
+    class_probs: torch.Tensor
+    landmarks: torch.Tensor
+
+
+def grid_cells(height: int, width: int, device: torch.device) -> torch.Tensor:
+    """``(H, W, 1, 2)`` float tensor of cell indices ``(gx, gy)``."""
+    gy, gx = torch.meshgrid(
+        torch.arange(height, device=device, dtype=torch.float32),
+        torch.arange(width, device=device, dtype=torch.float32),
+        indexing="ij",
+    )
+    return torch.stack((gx, gy), -1)[:, :, None, :]
+
+
+def decode_scale(
+    raw: torch.Tensor, anchors: torch.Tensor, stride: int, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode one scale of raw head output.
+
+    Args:
+        raw: ``(B, H, W, A, D)`` raw values.
+        anchors: ``(A, 2)`` anchor ``(w, h)`` in input pixels.
+        stride: this scale's stride in pixels.
+        num_classes: ``C``.
+
+    Returns:
+        ``cxcywh`` boxes ``(B, H, W, A, 4)``, objectness logits ``(B, H, W, A)``,
+        class logits ``(B, H, W, A, C)``, landmarks ``(B, H, W, A, K, 2)`` in input pixels.
+    """
+    raw = raw.float()
+    height, width = raw.shape[1:3]
+    cells = grid_cells(height, width, raw.device)  # (H, W, 1, 2)
+    anchors = anchors.to(raw.device, torch.float32)  # (A, 2)
+    xy = (raw[..., 0:2].sigmoid() * 2 - 0.5 + cells) * stride  # (B, H, W, A, 2)
+    wh = anchors * raw[..., 2:4].clamp(max=MAX_LOG_SCALE).exp()  # (B, H, W, A, 2)
+    lm_raw = raw[..., CLS + num_classes :]
+    lm = lm_raw.reshape(*lm_raw.shape[:-1], -1, 2)  # (B, H, W, A, K, 2)
+    lm = (cells[..., None, :] + 0.5) * stride + lm * anchors[:, None, :]
+    return torch.cat((xy, wh), -1), raw[..., OBJ], raw[..., CLS : CLS + num_classes], lm
+
+
+def decode(outputs: list[torch.Tensor], config: ModelConfig) -> Decoded:
+    """Decode the raw head output of every scale into boxes and probabilities.
+
+    Args:
+        outputs: per stride, ``(B, H, W, A, D)`` raw values (the model's forward output).
+        config: the model's configuration (anchors, strides, classes).
+
+    Returns:
+        :class:`Decoded` with every scale's predictions concatenated.
+    """
+    anchors = anchor_tensor(config.anchors)
+    boxes, obj, cls, lms = [], [], [], []
+    for i, raw in enumerate(outputs):
+        cxcywh, obj_logit, cls_logit, lm = decode_scale(
+            raw, anchors[i], config.strides[i], config.num_classes
+        )
+        batch = raw.shape[0]
+        xy, half = cxcywh[..., :2], cxcywh[..., 2:] / 2
+        boxes.append(torch.cat((xy - half, xy + half), -1).reshape(batch, -1, 4))
+        obj.append(obj_logit.sigmoid().reshape(batch, -1))
+        cls.append(cls_logit.sigmoid().reshape(batch, -1, config.num_classes))
+        lms.append(lm.reshape(batch, obj[-1].shape[1], config.num_landmarks, 2))
+    return Decoded(torch.cat(boxes, 1), torch.cat(obj, 1), torch.cat(cls, 1), torch.cat(lms, 1))
+
+
+def targets_to_logits(targets: Targets, config: ModelConfig) -> list[torch.Tensor]:
+    """The "perfect" raw output that :func:`decode` turns back into ``targets``.
+
+    Positives get the exact inverse of the decoding formulas and confident objectness
+    and class logits (``±PERFECT_LOGIT``); every other slot gets objectness
+    ``−PERFECT_LOGIT``. Works on per-image ``(H, W, A, D)`` or batched targets; returns
+    the batched ``(B, H, W, A, D)`` form.
+    """
+    anchors = anchor_tensor(config.anchors)
+    c = config.num_classes
+    logits = []
+    for i, (target, state) in enumerate(zip(targets.target, targets.state, strict=True)):
+        if target.dim() == 4:
+            target, state = target[None], state[None]
+        stride = config.strides[i]
+        height, width = target.shape[1:3]
+        cells = grid_cells(height, width, target.device)  # (H, W, 1, 2)
+        anc = anchors[i].to(target.device)  # (A, 2)
+        pos = (state == POSITIVE)[..., None]  # (B, H, W, A, 1)
+        offset = target[..., 0:2] / stride - cells  # in (-0.5, 1.5) at positives
+        sig = ((offset + 0.5) / 2).clamp(1e-6, 1 - 1e-6)
+        t_xy = torch.log(sig / (1 - sig))
+        t_wh = torch.log(target[..., 2:4].clamp(min=1e-9) / anc)
+        obj = torch.where(pos[..., 0], PERFECT_LOGIT, -PERFECT_LOGIT)[..., None]
+        cls = (target[..., CLS : CLS + c] * 2 - 1) * PERFECT_LOGIT
+        lm = target[..., CLS + c :].reshape(*target.shape[:-1], -1, 2)
+        t_lm = (lm - (cells[..., None, :] + 0.5) * stride) / anc[:, None, :]
+        t_lm = t_lm.reshape(*target.shape[:-1], -1)
+        raw = torch.cat((t_xy, t_wh, obj, cls, t_lm), -1)  # (B, H, W, A, D)
+        background = torch.zeros_like(raw)
+        background[..., OBJ : CLS + c] = -PERFECT_LOGIT
+        logits.append(torch.where(pos, raw, background))
+    return logits

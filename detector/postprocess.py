@@ -1,0 +1,93 @@
+"""From decoded predictions to final detections: score, threshold, per-class NMS, top-k."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from detector.boxes import nms
+from detector.encoding import Decoded
+
+MAX_CANDIDATES = 10_000  # boxes entering NMS per image, highest scores first
+
+
+@dataclass
+class RawDetections:
+    """Detections of one image in model-input pixels.
+
+    Attributes:
+        boxes: ``(N, 4)`` xyxy.
+        scores: ``(N,)`` objectness × class probability, decreasing.
+        class_ids: ``(N,)`` int64.
+        landmarks: ``(N, K, 2)`` xy (``K`` may be 0).
+    """
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    class_ids: torch.Tensor
+    landmarks: torch.Tensor
+
+
+def check_thresholds(score_threshold: float, iou_threshold: float, max_detections: int) -> None:
+    """Raise ``ValueError`` unless both thresholds are in [0, 1] and max_detections >= 1."""
+    for name, value in (("score_threshold", score_threshold), ("iou_threshold", iou_threshold)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    if int(max_detections) < 1:
+        raise ValueError(f"max_detections must be >= 1, got {max_detections}")
+
+
+def select_detections(
+    decoded: Decoded,
+    score_threshold: float = 0.25,
+    iou_threshold: float = 0.45,
+    max_detections: int = 300,
+    classes: Sequence[int] | None = None,
+) -> list[RawDetections]:
+    """Turn a batch of decoded predictions into per-image detections.
+
+    Each anchor keeps its best class (among ``classes`` when given); its score is
+    objectness × that class's probability. Scores at or below ``score_threshold`` are
+    dropped, at most ``MAX_CANDIDATES`` enter per-class NMS, at most ``max_detections``
+    come out.
+
+    Returns:
+        One :class:`RawDetections` per image, on the input's device.
+    """
+    check_thresholds(score_threshold, iou_threshold, max_detections)
+    class_probs = decoded.class_probs
+    if classes is not None:
+        num_classes = class_probs.shape[-1]
+        allowed = torch.zeros(num_classes, dtype=torch.bool, device=class_probs.device)
+        ids = [int(c) for c in classes]
+        if any(not 0 <= c < num_classes for c in ids):
+            raise ValueError(f"class filter {ids} has ids outside [0, {num_classes})")
+        allowed[ids] = True
+        class_probs = class_probs * allowed
+    best_prob, best_class = class_probs.max(-1)  # (B, P)
+    scores = decoded.objectness * best_prob  # (B, P)
+    results = []
+    for b in range(scores.shape[0]):
+        keep = torch.nonzero(scores[b] > score_threshold).flatten()
+        if keep.numel() > MAX_CANDIDATES:
+            keep = keep[scores[b, keep].topk(MAX_CANDIDATES).indices]
+        boxes = decoded.boxes[b, keep]
+        kept = nms(
+            boxes,
+            scores[b, keep],
+            best_class[b, keep],
+            iou_threshold,
+            max_detections=max_detections,
+        )
+        idx = keep[kept]
+        results.append(
+            RawDetections(
+                boxes=decoded.boxes[b, idx],
+                scores=scores[b, idx],
+                class_ids=best_class[b, idx],
+                landmarks=decoded.landmarks[b, idx],
+            )
+        )
+    return results

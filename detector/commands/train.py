@@ -1,0 +1,86 @@
+"""``detector train``: train a grid detector on a labelled dataset."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from detector.config import MODEL_SIZES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a detector on a labelled dataset",
+        description="Train a YOLO-style detector. Anchors are fitted by k-means on the "
+        "training boxes; every epoch is validated with COCO metrics and writes "
+        "OUT/results.csv, OUT/last.safetensors (resumable) and OUT/best.safetensors. "
+        "Multi-GPU: torchrun --nproc-per-node N -m detector.train ...",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", required=True, help="data.yaml (YOLO), COCO .json or VOC folder")
+    p.add_argument("--model", default="tiny", choices=sorted(MODEL_SIZES), help="model size")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--imgsz", type=int, default=320, help="square input side, multiple of 32")
+    p.add_argument("--batch", type=int, default=16, help="images per batch (per process)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--out", default="runs/train", help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    p.add_argument("--lr", type=float, default=0.01, help="peak SGD learning rate")
+    p.add_argument("--workers", type=int, default=2, help="data loading processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=20,
+        help="early stop after N epochs without improvement (0: never)",
+    )
+    p.add_argument("--mosaic", type=float, default=1.0, help="probability of a 4-image mosaic")
+    p.add_argument(
+        "--fliplr",
+        type=float,
+        default=0.5,
+        help="horizontal flip probability (0 for text or digits)",
+    )
+    p.add_argument("--scale", type=float, default=0.5, help="random zoom range +-")
+    p.add_argument("--strict", action="store_true", help="a bad label is fatal instead of skipped")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from detector.config import TrainConfig
+    from detector.data.transforms import AugmentConfig
+    from detector.train import TrainOptions, train
+
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch,
+        lr=args.lr,
+        workers=args.workers,
+        seed=args.seed,
+        patience=args.patience,
+    )
+    augment = replace(AugmentConfig(), mosaic=args.mosaic, fliplr=args.fliplr, scale=args.scale)
+    options = TrainOptions(
+        data=args.data,
+        model=args.model,
+        imgsz=args.imgsz,
+        out=args.out,
+        device=args.device,
+        resume=args.resume,
+        strict=args.strict,
+        plots=not args.no_plots,
+        progress=not args.quiet,
+        config=config,
+        augment=augment,
+        command="detector " + shlex.join(sys.argv[1:])
+        if sys.argv[0].endswith("detector")
+        else shlex.join(["detector", "train", *sys.argv[1:]]),
+    )
+    train(options)
+    return 0

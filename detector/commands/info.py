@@ -1,0 +1,179 @@
+"""``detector info``: model sizes, or what one model file holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from detector.checkpoint import Checkpoint
+    from detector.config import ModelConfig
+
+DEFAULT_IMGSZ = 320
+DEFAULT_CLASSES = 10
+GIGA = 1e9
+MEGA = 1e6
+METRIC_FIELDS = ("ap", "ap50", "ap75")  # of the checkpoint's "metrics" record, when present
+# Metadata keys that get their own line; every other key is listed by name.
+SHOWN_KEYS = ("command", "dataset", "dataset_hash", "epoch", "metrics")
+
+DESCRIPTION = """\
+Without --weights: a table of every model size (widths, depths, parameters and GFLOPs
+of one forward pass at IMGSZ x IMGSZ for CLASSES classes).
+
+With --weights: what the model file holds: kind, classes, input size, strides and
+anchors, landmarks, parameters, GFLOPs (at the model's input size unless --imgsz is
+given), and its training record (command, dataset and its hash, epochs, metrics).
+WEIGHTS is a model file or the name of a shipped model in weights/.
+"""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults (but not an unset ``None``) and keep the description's line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``info`` to the ``detector`` command."""
+    parser = subparsers.add_parser(
+        "info",
+        help="model sizes (parameters, GFLOPs), or what a model file holds",
+        description=DESCRIPTION,
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--weights", metavar="WEIGHTS", help="model file or shipped model name")
+    parser.add_argument(
+        "--imgsz",
+        type=int,
+        default=None,
+        help=f"input side for the FLOP count (default: {DEFAULT_IMGSZ}, or the model's own)",
+    )
+    parser.add_argument(
+        "--classes", type=int, default=DEFAULT_CLASSES, help="classes of the size table's models"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="with --weights: print the full metadata as JSON"
+    )
+    parser.set_defaults(func=run)
+
+
+def sizes_table(imgsz: int, num_classes: int) -> str:
+    """One line per entry of ``MODEL_SIZES``: widths, depths, parameters, GFLOPs."""
+    from detector.config import MODEL_SIZES, ModelConfig
+    from detector.models.yolo import YOLODetector, count_flops, count_parameters
+
+    header = f"{'size':<8}  {'widths':<24}  {'depths':<12}  {'params (M)':>10}  {'GFLOPs':>8}"
+    lines = [f"model sizes: {num_classes} classes, input {imgsz}x{imgsz}", header]
+    for name, spec in MODEL_SIZES.items():
+        model = YOLODetector(ModelConfig(num_classes=num_classes, size=name, input_size=imgsz))
+        params = count_parameters(model) / MEGA
+        gflops = count_flops(model, imgsz) / GIGA
+        widths = ",".join(str(w) for w in spec.widths)
+        depths = ",".join(str(d) for d in spec.depths)
+        lines.append(f"{name:<8}  {widths:<24}  {depths:<12}  {params:>10.2f}  {gflops:>8.2f}")
+    return "\n".join(lines)
+
+
+def model_report(path: Path, checkpoint: Checkpoint, imgsz: int | None = None) -> str:
+    """The lines ``detector info --weights`` prints for one model file."""
+    config = checkpoint.config
+    lines = [
+        f"file: {path}",
+        f"kind: {checkpoint.kind}",
+        f"size: {config.size}",
+        f"classes: {config.num_classes}: {', '.join(config.names)}",
+        f"input: {config.input_size}x{config.input_size} (letterboxed RGB)",
+        f"strides: {list(config.strides)}",
+        "anchors (w, h) in input pixels:",
+        *(f"  stride {s}: {list(a)}" for s, a in zip(config.strides, config.anchors, strict=True)),
+        _landmarks_line(config),
+        f"weights: {'EMA' if checkpoint.ema_state is not None else 'model'}",
+        *_compute_lines(checkpoint, imgsz),
+        *_metadata_lines(checkpoint.metadata),
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.imgsz is not None and args.imgsz <= 0:
+        raise ValueError(f"--imgsz must be a positive number of pixels, got {args.imgsz}")
+    if args.classes < 1:
+        raise ValueError(f"--classes must be >= 1, got {args.classes}")
+    if args.weights is None:
+        if args.json:
+            raise ValueError("--json needs --weights: it prints a model file's metadata")
+        print(sizes_table(args.imgsz or DEFAULT_IMGSZ, args.classes))
+        return 0
+
+    from detector.checkpoint import Checkpoint
+    from detector.predict import resolve_model_path
+
+    path = resolve_model_path(args.weights)
+    checkpoint = Checkpoint.load(path)
+    if args.json:
+        record = {
+            "kind": checkpoint.kind,
+            "model": checkpoint.config.to_dict(),
+            **checkpoint.metadata,
+        }
+        print(json.dumps(record, indent=2))
+        return 0
+    print(model_report(path, checkpoint, args.imgsz))
+    return 0
+
+
+def _landmarks_line(config: ModelConfig) -> str:
+    if not config.num_landmarks:
+        return "landmarks: none"
+    names = ", ".join(config.landmark_names) if config.landmark_names else "unnamed"
+    flip = f", flip_idx {list(config.flip_idx)}" if config.flip_idx else ""
+    return f"landmarks: {config.num_landmarks} ({names}){flip}"
+
+
+def _compute_lines(checkpoint: Checkpoint, imgsz: int | None) -> list[str]:
+    """Parameters and GFLOPs for a grid model; the stored tensor sizes otherwise."""
+    if checkpoint.kind != "grid":
+        values = sum(t.numel() for t in checkpoint.inference_state.values())
+        return [f"stored weight values: {values / MEGA:.2f} M"]
+    from detector.models.yolo import YOLODetector, count_flops, count_parameters
+
+    size = imgsz or checkpoint.config.input_size
+    model = YOLODetector(checkpoint.config)
+    return [
+        f"parameters: {count_parameters(model) / MEGA:.2f} M",
+        f"GFLOPs: {count_flops(model, size) / GIGA:.2f} at {size}x{size}",
+    ]
+
+
+def _metadata_lines(metadata: dict[str, Any]) -> list[str]:
+    lines = []
+    if metadata.get("command"):
+        lines.append(f"training command: {metadata['command']}")
+    if "dataset" in metadata:
+        lines.append(f"dataset: {metadata['dataset']}")
+    if "dataset_hash" in metadata:
+        lines.append(f"dataset hash: {metadata['dataset_hash']}")
+    if isinstance(metadata.get("epoch"), int):
+        lines.append(f"epochs trained: {metadata['epoch'] + 1}")  # stored 0-based
+    metrics = metadata.get("metrics")
+    if isinstance(metrics, dict):
+        shown = "  ".join(
+            f"{name} {_number(metrics.get(name))}" for name in METRIC_FIELDS if name in metrics
+        )
+        lines.append(f"validation metrics: {shown}" if shown else "validation metrics: none")
+    others = sorted(k for k in metadata if k not in SHOWN_KEYS)
+    if others:
+        lines.append(f"other metadata: {', '.join(others)} (--json shows them)")
+    if not metadata:
+        lines.append("metadata: none (no training record)")
+    return lines
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "-"

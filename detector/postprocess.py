@@ -48,26 +48,26 @@ def select_detections(
 ) -> list[RawDetections]:
     """Turn a batch of decoded predictions into per-image detections.
 
-    Each anchor keeps its best class (among ``classes`` when given); its score is
-    objectness × that class's probability. Scores at or below ``score_threshold`` are
-    dropped, at most ``MAX_CANDIDATES`` enter per-class NMS, at most ``max_detections``
-    come out.
+    Each anchor keeps its best class; its score is objectness × that class's
+    probability. With ``classes``, anchors whose best class is not among them are
+    dropped, so the result equals the unfiltered one restricted to those classes (up to
+    the ``max_detections`` cut). Scores at or below ``score_threshold`` are dropped, at
+    most ``MAX_CANDIDATES`` enter per-class NMS, at most ``max_detections`` come out.
 
     Returns:
         One :class:`RawDetections` per image, on the input's device.
     """
     check_thresholds(score_threshold, iou_threshold, max_detections)
-    class_probs = decoded.class_probs
+    best_prob, best_class = decoded.class_probs.max(-1)  # (B, P)
+    scores = decoded.objectness * best_prob  # (B, P)
     if classes is not None:
-        num_classes = class_probs.shape[-1]
-        allowed = torch.zeros(num_classes, dtype=torch.bool, device=class_probs.device)
+        num_classes = decoded.class_probs.shape[-1]
+        allowed = torch.zeros(num_classes, dtype=torch.bool, device=scores.device)
         ids = [int(c) for c in classes]
         if any(not 0 <= c < num_classes for c in ids):
             raise ValueError(f"class filter {ids} has ids outside [0, {num_classes})")
         allowed[ids] = True
-        class_probs = class_probs * allowed
-    best_prob, best_class = class_probs.max(-1)  # (B, P)
-    scores = decoded.objectness * best_prob  # (B, P)
+        scores = scores * allowed[best_class]  # (B, P), 0 where the best class is filtered out
     results = []
     for b in range(scores.shape[0]):
         keep = torch.nonzero(scores[b] > score_threshold).flatten()

@@ -83,7 +83,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` picks CUDA when available, else CPU; anything else is passed to torch."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for, but CUDA is not available here")
     return device
@@ -180,9 +183,13 @@ class Detector:
     def input_size(self) -> int:
         return self.config.input_size
 
-    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-        """Letterbox one ``(H, W, 3)`` uint8 RGB image to the model size (CPU)."""
-        return letterbox_image(as_rgb_image(image), self.input_size, PAD_VALUE)
+    def preprocess(self, image: np.ndarray, name: str = "image") -> tuple[np.ndarray, Letterbox]:
+        """Letterbox one ``(H, W, 3)`` uint8 RGB image to the model size (CPU).
+
+        Returns the ``(S, S, 3)`` uint8 letterboxed image and its :class:`Letterbox`;
+        ``name`` is how a ``ValueError`` refers to an unusable image.
+        """
+        return letterbox_image(as_rgb_image(image, name), self.input_size, PAD_VALUE)
 
     @torch.inference_mode()
     def infer(
@@ -206,7 +213,14 @@ class Detector:
         """
         check_thresholds(score_threshold, iou_threshold, max_detections)
         class_ids = self.class_ids(classes)
-        x = torch.as_tensor(batch).to(self.device, non_blocking=True)  # (B, S, S, 3) uint8
+        x = torch.as_tensor(batch)
+        expected = (len(letterboxes), self.input_size, self.input_size, 3)
+        if tuple(x.shape) != expected or x.dtype != torch.uint8:
+            raise ValueError(
+                f"batch must be {expected} uint8 (one letterboxed image per letterbox), "
+                f"got {tuple(x.shape)} {x.dtype}"
+            )
+        x = x.to(self.device, non_blocking=True)  # (B, S, S, 3) uint8
         x = x.permute(0, 3, 1, 2).float().div_(255)  # (B, 3, S, S)
         if self.use_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -230,14 +244,23 @@ class Detector:
         """Detect objects in a list of ``(H, W, 3)`` uint8 RGB images of any sizes.
 
         Grayscale images are repeated to 3 channels and an alpha channel is dropped; an
-        empty list gives an empty list. ``classes`` keeps only those class ids or names.
+        empty list gives an empty list. ``classes`` keeps only those class ids or names:
+        the unfiltered result restricted to them.
+
+        Returns:
+            One :class:`Detections` per image: boxes ``(N, 4)`` xyxy pixels of that image.
+
+        Raises:
+            ValueError: a threshold outside [0, 1], ``max_detections < 1``, an unknown
+                class, or an image (named ``images[i]``) that is not a uint8 array of
+                shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) with H, W >= 1.
         """
         if isinstance(images, np.ndarray) and images.ndim in (2, 3):
             raise ValueError("detect takes a list of images; wrap a single image in a list")
         check_thresholds(score_threshold, iou_threshold, max_detections)
         if len(images) == 0:
             return []
-        prepared = [self.preprocess(img) for img in images]
+        prepared = [self.preprocess(img, f"images[{i}]") for i, img in enumerate(images)]
         batch = np.stack([p[0] for p in prepared])
         return self.infer(
             batch, [p[1] for p in prepared], score_threshold, iou_threshold, max_detections, classes

@@ -1,0 +1,306 @@
+"""``detector predict``: detect objects in image files; annotated images and JSON lines."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    from tqdm import tqdm
+
+    from detector.predict import Detections, Detector
+
+# The library's defaults (Detector.detect's thresholds), repeated here so that --help
+# does not import torch; tests check they agree.
+DEFAULT_CONF = 0.25
+DEFAULT_IOU = 0.45
+DEFAULT_MAX_DET = 300
+DEFAULT_BATCH = 8
+DEFAULT_SAVE_DIR = "runs/predict"
+STDOUT = "-"  # --json value meaning standard output
+PROGRESS_MIN_IMAGES = 5  # a progress bar only for more images than this
+FALLBACK_SUFFIX = ".png"  # annotated copy of an input whose suffix OpenCV cannot write
+
+DESCRIPTION = """\
+Detect objects in images. Writes one JSON line per image, in input order:
+
+  {"image": "photos/a.jpg", "width": 640, "height": 480,
+   "detections": [{"box": [x1, y1, x2, y2], "score": 0.91, "class_id": 3,
+                   "label": "3"}, ...], "saved": "runs/predict/a.jpg"}
+
+Boxes are xyxy pixels of the image; "landmarks": [[x, y], ...] is added per detection
+when the model has landmarks; "saved" names the annotated copy (absent with --no-save).
+The JSON lines go to standard output unless --json FILE is given, so that they can be
+piped; progress and errors go to standard error.
+
+IMAGES are image files, directories (their .jpg/.png/... files, not recursive) and glob
+patterns (quote them; ** recurses). Annotated copies (boxes, labels, scores, landmarks)
+are written to --save-dir under the input's file name; existing files are replaced, and
+a second input with a name already used gets a numbered name (a_2.jpg).
+
+A file that cannot be read or decoded is reported on standard error and skipped.
+
+Exit status: 0 when at least one image was processed, 1 when none was, 2 usage error.
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the description's layout and show each option's default, when it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``predict`` to the ``detector`` command."""
+    parser = subparsers.add_parser(
+        "predict",
+        help="detect objects in images: annotated copies and JSON lines",
+        description=DESCRIPTION,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders, globs")
+    parser.add_argument(
+        "--weights", default="digits", metavar="NAME", help="shipped model name or model file"
+    )
+    parser.add_argument(
+        "--save-dir", default=DEFAULT_SAVE_DIR, metavar="DIR", help="folder for annotated images"
+    )
+    parser.add_argument("--no-save", action="store_true", help="write no annotated images")
+    parser.add_argument(
+        "--json",
+        default=STDOUT,
+        metavar="FILE",
+        help="JSON-lines output file ('-': standard output)",
+    )
+    parser.add_argument("--conf", type=float, default=DEFAULT_CONF, help="score threshold")
+    parser.add_argument("--iou", type=float, default=DEFAULT_IOU, help="NMS IoU threshold")
+    parser.add_argument(
+        "--max-det", type=int, default=DEFAULT_MAX_DET, help="most detections per image"
+    )
+    parser.add_argument(
+        "--classes",
+        nargs="+",
+        metavar="CLASS",
+        help="keep only these classes (names or ids; put IMAGES first); default: all",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--batch", type=int, default=DEFAULT_BATCH, metavar="N", help="images per model call"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    parser.set_defaults(func=run)
+
+
+def find_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """Expand files, directories and glob patterns into image files.
+
+    A named file is taken whatever its suffix; a directory gives its files with a suffix
+    in ``IMAGE_SUFFIXES`` (sorted, not recursive); a pattern gives the files it matches
+    (``**`` recurses). Duplicates are dropped, first occurrence kept.
+
+    Returns:
+        The files, and one message per input that gave none.
+    """
+    from detector.data.formats_common import IMAGE_SUFFIXES
+
+    found: list[Path] = []
+    problems: list[str] = []
+    for entry in inputs:
+        path = Path(entry)
+        if path.is_file():
+            files = [path]
+        elif path.is_dir():
+            files = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not files:
+                problems.append(f"{entry}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+        elif glob.has_magic(str(entry)):
+            files = sorted(Path(p) for p in glob.glob(str(entry), recursive=True))
+            files = [p for p in files if p.is_file()]
+            if not files:
+                problems.append(f"{entry}: the pattern matches no files")
+        else:
+            files = []
+            problems.append(f"{entry}: no such file or directory")
+        found.extend(files)
+    seen: set[Path] = set()
+    unique = [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
+    return unique, problems
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image file as ``(H, W, 3)`` uint8 RGB.
+
+    Grayscale is repeated to 3 channels, alpha dropped, 16-bit scaled to 8-bit.
+
+    Raises:
+        ValueError: the file cannot be read or is not a decodable image (says why).
+    """
+    import cv2
+    import numpy as np
+
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if data.size == 0:
+        raise ValueError(f"{path}: empty file")
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise ValueError(f"{path}: not a decodable image ({exc.err})") from exc
+    if image is None:
+        raise ValueError(f"{path}: not a decodable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    """Write ``(H, W, 3)`` uint8 RGB to ``path`` in the format its suffix names."""
+    import cv2
+
+    ok, encoded = cv2.imencode(path.suffix, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"{path}: OpenCV could not encode a {path.suffix} image")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    encoded.tofile(path)
+
+
+def output_paths(sources: Sequence[Path], save_dir: Path) -> list[Path]:
+    """One annotated-image path in ``save_dir`` per source, under the source's name.
+
+    A name already given to an earlier source, or one that would overwrite the source
+    itself, gets ``_2``, ``_3``, … before its suffix; a suffix OpenCV cannot write
+    becomes ``FALLBACK_SUFFIX``.
+    """
+    from detector.data.formats_common import IMAGE_SUFFIXES
+
+    taken: set[str] = set()
+    sources_resolved = {p.resolve() for p in sources}
+    paths = []
+    for source in sources:
+        suffix = source.suffix if source.suffix.lower() in IMAGE_SUFFIXES else FALLBACK_SUFFIX
+        candidate = save_dir / f"{source.stem}{suffix}"
+        number = 1
+        while candidate.name.lower() in taken or candidate.resolve() in sources_resolved:
+            number += 1
+            candidate = save_dir / f"{source.stem}_{number}{suffix}"
+        taken.add(candidate.name.lower())
+        paths.append(candidate)
+    return paths
+
+
+def image_record(source: Path, detections: Detections, saved: Path | None) -> dict:
+    """The JSON line of one image (see the command's description)."""
+    height, width = detections.image_size
+    record = {
+        "image": str(source),
+        "width": width,
+        "height": height,
+        "detections": detections.to_dict()["detections"],
+    }
+    if saved is not None:
+        record["saved"] = str(saved)
+    return record
+
+
+@contextmanager
+def _open_json(target: str) -> Iterator[IO[str]]:
+    if target == STDOUT:
+        yield sys.stdout
+        return
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as stream:
+        yield stream
+
+
+def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Detect in every image; returns the exit code (see the description)."""
+    from tqdm import tqdm
+
+    from detector.postprocess import check_thresholds
+    from detector.predict import Detector
+
+    check_thresholds(args.conf, args.iou, args.max_det)
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    sources, problems = find_images(args.images)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if not sources:
+        print("error: no images to process", file=sys.stderr)
+        return 1
+    detector = Detector.load(args.weights, args.device)
+    detector.class_ids(args.classes)  # an unknown class fails before any work
+    save_dir = None if args.no_save else Path(args.save_dir)
+    targets = output_paths(sources, save_dir) if save_dir is not None else [None] * len(sources)
+    show_progress = not args.quiet and len(sources) > PROGRESS_MIN_IMAGES
+    processed = detections = 0
+    with (
+        _open_json(args.json) as stream,
+        tqdm(total=len(sources), unit="image", disable=not show_progress) as bar,
+    ):
+        for batch in _batches(list(zip(sources, targets, strict=True)), args.batch):
+            done = _predict_batch(detector, batch, args, stream, bar)
+            processed += len(done)
+            detections += sum(len(d) for d in done)
+            bar.update(len(batch))
+    if not args.quiet:
+        where = f"; annotated images in {save_dir}" if save_dir is not None else ""
+        print(
+            f"{processed} of {len(sources)} image(s), {detections} detection(s) "
+            f"with {detector.name} on {detector.device}{where}",
+            file=sys.stderr,
+        )
+    return 0 if processed else 1
+
+
+def _predict_batch(
+    detector: Detector,
+    batch: Sequence[tuple[Path, Path | None]],
+    args: argparse.Namespace,
+    stream: IO[str],
+    bar: tqdm,
+) -> list[Detections]:
+    """Read, detect, draw and write one batch; returns the detections of the images read."""
+    from detector.draw import draw_detections
+
+    items, images = [], []
+    for source, target in batch:
+        try:
+            images.append(read_image(source))
+        except ValueError as exc:
+            bar.write(f"error: {exc}", file=sys.stderr)
+            continue
+        items.append((source, target))
+    if not images:
+        return []
+    results = detector.detect(images, args.conf, args.iou, args.max_det, args.classes)
+    for (source, target), image, det in zip(items, images, results, strict=True):
+        if target is not None:
+            try:
+                write_image(target, draw_detections(image, det))
+            except (OSError, ValueError) as exc:
+                bar.write(
+                    f"error: {target}: cannot write the annotated image: {exc}", file=sys.stderr
+                )
+                target = None
+        stream.write(json.dumps(image_record(source, det, target)) + "\n")
+        stream.flush()
+    return results

@@ -127,8 +127,9 @@ class TrainConfig:
 
     epochs: int = 50
     batch_size: int = 16
-    lr: float = 0.01  # peak learning rate (SGD) after warm-up
-    momentum: float = 0.937
+    optimizer: str = "sgd"  # "sgd" (Nesterov) or "adamw" (converges faster on short runs)
+    lr: float = 0.01  # peak learning rate after warm-up (SGD 0.01, AdamW about 0.001)
+    momentum: float = 0.937  # SGD momentum, AdamW beta1
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
     final_lr_ratio: float = 0.05  # cosine decays to lr * final_lr_ratio

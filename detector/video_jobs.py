@@ -1,0 +1,232 @@
+"""Video files as a job list: find the inputs, name the outputs, decode, run one by one.
+
+Inputs are files, directories (their video files, by suffix, sorted, not recursive) and
+glob patterns. Outputs (see :func:`plan_jobs`): with one input, ``out`` may name the
+output video itself; otherwise ``out`` is a folder that receives ``<input stem><suffix>``
+(the suffix of the codec, e.g. ``.mp4`` for ``mp4v``) and ``<input stem>.jsonl`` per
+input. The streaming pipeline itself is :func:`detector.video.process_frames`.
+"""
+
+from __future__ import annotations
+
+import glob
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from detector.video import (
+    CODEC_SUFFIXES,
+    DetectFn,
+    FrameCallback,
+    VideoOptions,
+    VideoResult,
+    process_frames,
+)
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
+JSONL_SUFFIX = ".jsonl"
+FALLBACK_FPS = 25.0  # frame rate assumed when a container does not state one
+UNKNOWN_COUNT = -1
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video file says about itself."""
+
+    width: int  # pixels, of the first decoded frame
+    height: int
+    fps: float  # frames per second; FALLBACK_FPS when the container has none
+    frame_count: int  # the container's count, or UNKNOWN_COUNT (decoding decides)
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One input video and where its outputs go."""
+
+    source: Path
+    video: Path  # annotated video
+    jsonl: Path  # one JSON line per frame
+
+
+def find_videos(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """Expand files, directories and glob patterns into video files.
+
+    A named file is taken whatever its suffix; a directory gives its files with a
+    suffix in ``VIDEO_SUFFIXES``; a pattern gives the files it matches (``**`` recurses).
+    Duplicates are dropped, first occurrence kept.
+
+    Returns:
+        The files, and one message per input that gave none (the others still run).
+    """
+    found: list[Path] = []
+    problems: list[str] = []
+    for entry in inputs:
+        path = Path(entry)
+        if path.is_file():
+            files = [path]
+        elif path.is_dir():
+            files = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+            )
+            if not files:
+                problems.append(f"{entry}: no video files ({', '.join(VIDEO_SUFFIXES)})")
+        elif glob.has_magic(str(entry)):
+            files = sorted(Path(p) for p in glob.glob(str(entry), recursive=True))
+            files = [p for p in files if p.is_file()]
+            if not files:
+                problems.append(f"{entry}: the pattern matches no files")
+        else:
+            files = []
+            problems.append(f"{entry}: no such file or directory")
+        found.extend(files)
+    seen: set[Path] = set()
+    unique = [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
+    return unique, problems
+
+
+def plan_jobs(
+    sources: Sequence[Path], out: str | Path, jsonl: str | Path | None = None, codec: str = "mp4v"
+) -> list[VideoJob]:
+    """Name the outputs of each input.
+
+    With exactly one input and an ``out`` ending in a video suffix, ``out`` is the output
+    video and the JSON lines go to ``jsonl`` (default: ``out`` with ``.jsonl``). Otherwise
+    ``out`` is a folder (created when needed) holding ``<stem><codec suffix>`` and
+    ``<stem>.jsonl`` per input; ``jsonl`` may then be given only for a single input.
+
+    Raises:
+        ValueError: no inputs, two inputs with the same stem, ``jsonl`` with several
+            inputs, ``out`` an existing file where a folder is needed, or an output that
+            would overwrite an input.
+    """
+    if codec not in CODEC_SUFFIXES:
+        raise ValueError(f"codec must be one of {list(CODEC_SUFFIXES)}, got {codec!r}")
+    if not sources:
+        raise ValueError("no input videos to process")
+    out = Path(out)
+    if len(sources) == 1 and out.suffix.lower() in VIDEO_SUFFIXES:
+        jobs = [VideoJob(sources[0], out, Path(jsonl) if jsonl else out.with_suffix(JSONL_SUFFIX))]
+    else:
+        if jsonl is not None and len(sources) > 1:
+            raise ValueError(
+                f"--jsonl names one file, but there are {len(sources)} inputs; "
+                "their JSON lines go next to each output video in the -o folder"
+            )
+        if out.is_file():
+            raise ValueError(
+                f"-o {out} is an existing file; with {len(sources)} input(s) it must be a "
+                f"folder (or, for one input, a video path ending in one of {VIDEO_SUFFIXES})"
+            )
+        stems: dict[str, Path] = {}
+        for source in sources:
+            if source.stem in stems:
+                raise ValueError(
+                    f"{stems[source.stem]} and {source} would both write {out / source.stem}.*; "
+                    "process them in separate runs or rename one"
+                )
+            stems[source.stem] = source
+        jobs = [
+            VideoJob(
+                s,
+                out / f"{s.stem}{CODEC_SUFFIXES[codec]}",
+                Path(jsonl) if jsonl else out / f"{s.stem}{JSONL_SUFFIX}",
+            )
+            for s in sources
+        ]
+    inputs = {s.resolve() for s in sources}
+    for job in jobs:
+        for target in (job.video, job.jsonl):
+            if target.resolve() in inputs:
+                raise ValueError(f"output {target} would overwrite an input video")
+        if job.video.resolve() == job.jsonl.resolve():
+            raise ValueError(f"the video and the JSON lines would both be written to {job.video}")
+    return jobs
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Open a video and decode its first frame.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: OpenCV cannot open it or decode a first frame.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no video file {str(path)!r}")
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise ValueError(f"{path}: not a video OpenCV can open (corrupt or unknown format)")
+        ok, frame = capture.read()
+        if not ok or frame is None:
+            raise ValueError(f"{path}: no frame could be decoded (corrupt or empty video)")
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        capture.release()
+    fps = float(fps) if np.isfinite(fps) and fps > 0 else FALLBACK_FPS
+    return VideoInfo(frame.shape[1], frame.shape[0], fps, count if count > 0 else UNKNOWN_COUNT)
+
+
+def read_video(path: str | Path) -> Iterator[np.ndarray]:
+    """Decode a video lazily: ``(H, W, 3)`` uint8 RGB frames, until the first that fails."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok or frame is None:
+                return
+            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    finally:
+        capture.release()
+
+
+def process_video(
+    job: VideoJob,
+    detect_fn: DetectFn,
+    options: VideoOptions | None = None,
+    on_frame: FrameCallback | None = None,
+) -> VideoResult:
+    """Annotate one video file and write its JSON lines (see :mod:`detector.video`).
+
+    Raises:
+        FileNotFoundError, ValueError: the input cannot be read, or an output not written.
+        VideoInterrupted: on Ctrl-C, after closing valid outputs.
+    """
+    info = probe_video(job.source)
+    return process_frames(
+        read_video(job.source),
+        (info.height, info.width),
+        info.fps,
+        detect_fn,
+        job.video,
+        job.jsonl,
+        options or VideoOptions(),
+        name=str(job.source),
+        total=info.frame_count if info.frame_count > 0 else None,
+        on_frame=on_frame,
+    )
+
+
+def process_videos(
+    jobs: Sequence[VideoJob], detect_fn: DetectFn, options: VideoOptions | None = None
+) -> Iterator[VideoResult]:
+    """Process videos one after another, yielding a result as each finishes.
+
+    A file that cannot be read (missing, corrupt, undecodable) or written yields a result
+    with ``error`` set, and the next one runs. :class:`~detector.video.VideoInterrupted`
+    ends the job list.
+    """
+    for job in jobs:
+        start = time.perf_counter()
+        try:
+            result = process_video(job, detect_fn, options)
+        except (FileNotFoundError, ValueError, OSError) as exc:
+            result = VideoResult(
+                str(job.source), None, None, 0, 0, time.perf_counter() - start, str(exc)
+            )
+        yield result

@@ -1,0 +1,120 @@
+"""``detector client``: call a running detector server (``detector serve``).
+
+detector client detect --server localhost:50051 a.jpg b.png   # one JSON line per image
+detector client models --server localhost:50051               # the served models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_SERVER = "localhost:50051"
+DEFAULT_TIMEOUT_S = 30.0
+HASH_SHOWN = 12  # leading hex digits of a model's SHA-256 shown in the table
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``client`` (with ``detect`` and ``models``) to the ``detector`` command."""
+    parser = subparsers.add_parser(
+        "client",
+        help="call a detector server: detect objects in images, list its models",
+        description="Call a running detector server (see 'detector serve').",
+    )
+    sub = parser.add_subparsers(dest="client_command", metavar="ACTION", required=True)
+
+    detect = sub.add_parser(
+        "detect",
+        help="detect objects in image files on the server",
+        description="Send image files (sent as their encoded bytes) in one DetectBatch "
+        "call and print one JSON line per image: its path, image_size [height, width] and "
+        "detections (box [x_min, y_min, x_max, y_max] in the image's pixels, score, "
+        "class_id, label).",
+    )
+    _add_server_arguments(detect)
+    detect.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    detect.add_argument("--model", default="", help="model name (default: the server's default)")
+    detect.add_argument(
+        "--score-threshold", type=float, default=None, help="in [0, 1] (default: the model's)"
+    )
+    detect.add_argument(
+        "--iou-threshold", type=float, default=None, help="NMS IoU in [0, 1] (default: the model's)"
+    )
+    detect.add_argument(
+        "--max-detections", type=int, default=None, help="per image (default: the model's)"
+    )
+    detect.add_argument(
+        "--classes", nargs="+", default=None, help="keep only these class ids or names"
+    )
+    detect.set_defaults(func=run_detect)
+
+    models = sub.add_parser(
+        "models", help="list the server's models", description="List the server's models."
+    )
+    _add_server_arguments(models)
+    models.add_argument("--json", action="store_true", help="one JSON line per model")
+    models.set_defaults(func=run_models)
+
+
+def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server", default=DEFAULT_SERVER, help=f"HOST:PORT (default: {DEFAULT_SERVER})"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds per call (default: {DEFAULT_TIMEOUT_S:g})",
+    )
+
+
+def run_detect(args: argparse.Namespace) -> int:
+    from server.client import DetectorClient, RemoteError
+
+    missing = [str(p) for p in args.images if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such image files: {', '.join(missing)}")
+    classes = [int(c) if c.isdigit() else c for c in args.classes] if args.classes else None
+    with DetectorClient(args.server, timeout=args.timeout) as client:
+        try:
+            results = client.detect_batch(
+                args.images,
+                model=args.model,
+                score_threshold=args.score_threshold,
+                iou_threshold=args.iou_threshold,
+                max_detections=args.max_detections,
+                classes=classes,
+            )
+        except RemoteError as err:
+            print(f"error: {args.server}: {err}", file=sys.stderr)
+            return 1
+    for path, detections in zip(args.images, results, strict=True):
+        print(json.dumps({"image": str(path), **detections.to_dict()}))
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from server.client import DetectorClient, RemoteError
+
+    with DetectorClient(args.server, timeout=args.timeout) as client:
+        try:
+            models = client.list_models()
+        except RemoteError as err:
+            print(f"error: {args.server}: {err}", file=sys.stderr)
+            return 1
+    for m in models:
+        if args.json:
+            print(json.dumps(asdict(m)))
+            continue
+        default = " (default)" if m.is_default else ""
+        print(
+            f"{m.name}{default}: {m.kind}, input {m.input_size}, {len(m.class_names)} classes "
+            f"{list(m.class_names)}, {m.num_landmarks} landmarks, "
+            f"sha256 {m.sha256[:HASH_SHOWN] or '-'}, score >= {m.default_score_threshold:g}, "
+            f"iou {m.default_iou_threshold:g}, max {m.default_max_detections}"
+        )
+    return 0

@@ -1,0 +1,177 @@
+"""The gRPC server: models, batchers, servicer, health, reflection, metrics and shutdown.
+
+    server, port = await create_server("127.0.0.1:0", repository, ServerConfig())
+    try:
+        ...
+    finally:
+        await server.stop(grace=5)
+
+:func:`serve` runs a server until SIGTERM or SIGINT: health turns ``NOT_SERVING``, new
+calls are refused, calls in flight get ``grace_s`` seconds to finish, then it returns 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from proto.detector.v1 import detector_pb2 as pb
+from proto.detector.v1 import detector_pb2_grpc as pb_grpc
+from server.batcher import Batcher, BatcherConfig
+from server.metrics import ServerMetrics
+from server.repository import ModelRepository
+from server.servicer import DetectorServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DetectorService"].full_name
+OVERALL_HEALTH = ""  # the health service's name for the server as a whole
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings of one server (the models come separately, as a ModelRepository)."""
+
+    batcher: BatcherConfig = field(default_factory=BatcherConfig)  # one batcher per model
+    decode_workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # shared pool
+    stream_window: int = 16  # requests of one StreamDetect processed at a time
+    max_message_mb: int = 64  # largest request or response message
+    metrics_port: int | None = None  # HTTP port of /metrics; None = off, 0 = any free port
+    metrics_host: str = "127.0.0.1"  # interface of the /metrics endpoint
+    grace_s: float = 10.0  # time calls in flight get to finish on shutdown
+
+    def __post_init__(self) -> None:
+        for name in ("decode_workers", "stream_window", "max_message_mb"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.grace_s < 0:
+            raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
+
+
+class DetectorServer:
+    """A running server; :func:`create_server` builds and starts one."""
+
+    def __init__(
+        self,
+        grpc_server: grpc.aio.Server,
+        health_servicer: health.aio.HealthServicer,
+        batchers: dict[str, Batcher],
+        decode_pool: ThreadPoolExecutor,
+        metrics: ServerMetrics,
+        metrics_port: int | None,
+    ):
+        self.grpc_server = grpc_server
+        self.health = health_servicer
+        self.batchers = batchers
+        self.metrics = metrics
+        self.metrics_port = metrics_port  # actual port of /metrics, or None
+        self._decode_pool = decode_pool
+        self._stopped = False
+
+    async def stop(self, grace: float | None) -> None:
+        """Shut down: NOT_SERVING, refuse new calls, give calls in flight ``grace`` seconds
+        (None: cancel them now), then stop the batchers, threads and metrics endpoint."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        await self.grpc_server.stop(grace)
+        for batcher in self.batchers.values():
+            await batcher.close()
+        self._decode_pool.shutdown(wait=True)
+        self.metrics.stop_http()
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+
+async def create_server(
+    address: str, repository: ModelRepository, config: ServerConfig | None = None
+) -> tuple[DetectorServer, int]:
+    """Build and start a server for ``repository`` on ``address`` (``host:port``, port 0 =
+    any free port). Returns the server and the port it listens on; health is SERVING.
+
+    Must run on the event loop that will serve the calls.
+    """
+    config = config or ServerConfig()
+    metrics = ServerMetrics()
+    decode_pool = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="decode")
+    batchers = {
+        model.name: Batcher(
+            model.detector, config.batcher, decode_pool, metrics.observer(model.name)
+        )
+        for model in repository
+    }
+    max_bytes = config.max_message_mb * MIB
+    grpc_server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+        ]
+    )
+    servicer = DetectorServicer(
+        repository, batchers, metrics, config.stream_window, config.batcher.max_queue
+    )
+    pb_grpc.add_DetectorServiceServicer_to_server(servicer, grpc_server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
+    )
+    port = grpc_server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    metrics_port = None
+    if config.metrics_port is not None:
+        metrics_port = metrics.serve_http(config.metrics_host, config.metrics_port)
+    for batcher in batchers.values():
+        batcher.start()
+    await grpc_server.start()
+    for name in (OVERALL_HEALTH, SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    server = DetectorServer(
+        grpc_server, health_servicer, batchers, decode_pool, metrics, metrics_port
+    )
+    return server, port
+
+
+async def serve(
+    host: str, port: int, models: Path, default: str | None, device: str, config: ServerConfig
+) -> int:
+    """Load the models of ``models``, serve them until SIGTERM/SIGINT, shut down
+    gracefully; returns the exit code (0). Prints the address it listens on."""
+    repository = ModelRepository.from_folder(models, default, device)
+    server, bound = await create_server(f"{host}:{port}", repository, config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    names = ", ".join(
+        f"{m.name} ({m.detector.kind}){' [default]' if m.name == repository.default else ''}"
+        for m in repository
+    )
+    print(f"serving {names} on {host}:{bound}", flush=True)
+    if server.metrics_port is not None:
+        metrics_host = config.metrics_host
+        if ":" in metrics_host:  # an IPv6 address
+            metrics_host = f"[{metrics_host}]"
+        print(f"metrics on http://{metrics_host}:{server.metrics_port}/metrics", flush=True)
+    try:
+        await stop.wait()
+        print(f"shutting down: finishing calls in flight (grace {config.grace_s:g} s)", flush=True)
+    finally:
+        await server.stop(config.grace_s)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    print("stopped", flush=True)
+    return 0

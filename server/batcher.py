@@ -1,0 +1,402 @@
+"""Dynamic batching for one model, free of gRPC (so it is unit-testable on its own).
+
+A request's life, all on one asyncio event loop:
+
+1. :meth:`Batcher.submit` admits it, or refuses at once with ``QueueFullError`` when
+   ``max_queue`` requests are already waiting (decoding or queued);
+2. its image is decoded and letterboxed in a thread pool shared by all models, so many
+   images are prepared in parallel, off the event loop; bad images fail here with
+   :class:`~server.images.ImageError` and never reach a batch;
+3. it waits in the queue. The worker closes a batch at ``max_batch`` requests or
+   ``max_delay_ms`` after the first request of the batch was queued, whichever comes
+   first; while a batch runs on the device the next one keeps filling, so under load
+   batches close at once, full;
+4. on closing, requests whose deadline has passed fail with ``DeadlineExpiredError``
+   and cancelled ones are dropped: neither is run (errors: :mod:`server.errors`);
+5. the batch is stacked into one ``(B, S, S, 3)`` uint8 array (pinned host memory on
+   CUDA) and runs as one forward in the model's own device thread, one
+   :meth:`~detector.predict.Detector.infer` per distinct set of thresholds (one in the
+   usual case where callers use the same settings);
+6. each caller's future gets its own :class:`Detections`. If a batch fails as a whole,
+   its images are retried one by one, so a request that breaks the model fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from detector.boxes import Letterbox
+from detector.postprocess import check_thresholds
+from detector.predict import Detections
+from server.errors import BatcherClosedError, DeadlineExpiredError, InferenceError, QueueFullError
+from server.images import DEFAULT_MAX_PIXELS, ImageSource, decode_image
+
+log = logging.getLogger(__name__)
+
+MS_PER_S = 1000.0
+
+
+class BatchModel(Protocol):
+    """What the batcher needs of a model: :class:`~detector.predict.Detector` has it."""
+
+    name: str
+    device: torch.device
+    names: list[str]
+
+    @property
+    def input_size(self) -> int: ...
+
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]: ...
+
+    def infer(
+        self,
+        batch: np.ndarray | torch.Tensor,
+        letterboxes: Sequence[Letterbox],
+        score_threshold: float,
+        iou_threshold: float,
+        max_detections: int,
+        classes: Sequence[int] | None,
+    ) -> list[Detections]: ...
+
+
+class BatchObserver(Protocol):
+    """Receives the batcher's measurements (see :mod:`server.metrics`)."""
+
+    def queue_depth(self, depth: int) -> None: ...
+
+    def dropped(self, reason: str) -> None: ...
+
+    def decoded(self, seconds: float) -> None: ...
+
+    def batch(self, size: int, inference_s: float, queue_s: Sequence[float]) -> None: ...
+
+
+class NullObserver:
+    """An observer that ignores everything."""
+
+    def queue_depth(self, depth: int) -> None:
+        pass
+
+    def dropped(self, reason: str) -> None:
+        pass
+
+    def decoded(self, seconds: float) -> None:
+        pass
+
+    def batch(self, size: int, inference_s: float, queue_s: Sequence[float]) -> None:
+        pass
+
+
+# Reasons a request is dropped without running (the ``reason`` of BatchObserver.dropped).
+DROP_QUEUE_FULL, DROP_DEADLINE, DROP_CANCELLED = "queue_full", "deadline", "cancelled"
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    """Settings of one model's batcher."""
+
+    max_batch: int = 8  # most images in one forward pass
+    max_delay_ms: float = 5.0  # a batch closes at most this long after its first request
+    max_queue: int = 64  # requests admitted and not yet running; more -> QueueFullError
+    max_pixels: int = DEFAULT_MAX_PIXELS  # width * height above which an image is refused
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if not self.max_delay_ms >= 0:
+            raise ValueError(f"max_delay_ms must be >= 0, got {self.max_delay_ms}")
+        if self.max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    """Per-request settings; requests with equal options share one ``infer`` call."""
+
+    score_threshold: float = 0.25  # in [0, 1]
+    iou_threshold: float = 0.45  # in [0, 1]
+    max_detections: int = 300  # >= 1
+    classes: tuple[int, ...] | None = None  # class ids to keep; None = all
+
+    def __post_init__(self) -> None:
+        check_thresholds(self.score_threshold, self.iou_threshold, self.max_detections)
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Where one request's time went, in seconds."""
+
+    decode_s: float  # decoding and letterboxing its image
+    queue_s: float  # from queued (decoded) to the start of its batch
+    inference_s: float  # its batch's forward and post-processing
+    batch_size: int  # images in its batch
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    detections: Detections
+    timings: Timings
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A decoded request waiting for its batch."""
+
+    letterboxed: np.ndarray  # (S, S, 3) uint8
+    letterbox: Letterbox
+    options: DetectOptions
+    deadline: float | None  # time.monotonic() seconds
+    decode_s: float
+    future: asyncio.Future[BatchResult]
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """Dynamic batcher of one model. Create, :meth:`start` on a running loop, :meth:`submit`.
+
+    Args:
+        model: the model (a :class:`~detector.predict.Detector`).
+        config: batching settings.
+        decode_pool: threads that decode and letterbox images (may be shared).
+        observer: receives measurements; :class:`NullObserver` by default.
+    """
+
+    def __init__(
+        self,
+        model: BatchModel,
+        config: BatcherConfig,
+        decode_pool: Executor,
+        observer: BatchObserver | None = None,
+    ):
+        self.model = model
+        self.config = config
+        self._decode_pool = decode_pool
+        self._observer = observer or NullObserver()
+        self._device_pool = ThreadPoolExecutor(1, thread_name_prefix=f"device-{model.name}")
+        self._queue: deque[_Pending] = deque()
+        self._decoding = 0
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._worker: asyncio.Task[None] | None = None
+        self._pinned: torch.Tensor | None = None  # (max_batch, S, S, 3) uint8, CUDA only
+        self.images_run = 0  # images that went through a forward pass
+        self.batches_run = 0
+
+    @property
+    def depth(self) -> int:
+        """Requests admitted and not yet running (decoding or queued)."""
+        return self._decoding + len(self._queue)
+
+    @property
+    def queued(self) -> int:
+        """Requests decoded and waiting for a batch."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        """Start the worker on the running event loop."""
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        """Admit nothing more, run what was admitted, then stop the worker."""
+        self._closing = True
+        self._wakeup.set()
+        if self._worker is not None:
+            await self._worker
+        self._device_pool.shutdown(wait=True)
+
+    async def submit(
+        self, image: ImageSource, options: DetectOptions, deadline: float | None = None
+    ) -> BatchResult:
+        """Detect objects in one image, batched with other callers' images.
+
+        Args:
+            image: the request image (see :func:`server.images.decode_image`).
+            options: thresholds and class filter; class ids must exist in the model.
+            deadline: ``time.monotonic()`` seconds after which the request is not run.
+
+        Raises:
+            QueueFullError, DeadlineExpiredError, BatcherClosedError: not run.
+            ImageError: the image cannot be used.
+            ValueError: a class id outside the model's classes.
+            InferenceError: the model failed on this image.
+        """
+        if self._closing:
+            raise BatcherClosedError(f"model {self.model.name!r} is shutting down")
+        self._check_classes(options.classes)
+        if self.depth >= self.config.max_queue:
+            self._observer.dropped(DROP_QUEUE_FULL)
+            raise QueueFullError(
+                f"model {self.model.name!r} has {self.depth} requests waiting "
+                f"(limit {self.config.max_queue}); retry later"
+            )
+        self._check_deadline(deadline)
+        loop = asyncio.get_running_loop()
+        self._decoding += 1
+        self._observer.queue_depth(self.depth)
+        try:
+            start = time.monotonic()
+            letterboxed, letterbox = await loop.run_in_executor(
+                self._decode_pool, self._prepare, image
+            )
+            decode_s = time.monotonic() - start
+        except asyncio.CancelledError:
+            self._observer.dropped(DROP_CANCELLED)
+            raise
+        finally:
+            self._decoding -= 1
+            self._observer.queue_depth(self.depth)
+            self._wakeup.set()  # close() may be waiting for decodes to finish
+        self._observer.decoded(decode_s)
+        self._check_deadline(deadline)
+        item = _Pending(letterboxed, letterbox, options, deadline, decode_s, loop.create_future())
+        self._queue.append(item)
+        self._observer.queue_depth(self.depth)
+        self._wakeup.set()
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            if item in self._queue:
+                self._queue.remove(item)
+                self._observer.queue_depth(self.depth)
+            self._observer.dropped(DROP_CANCELLED)
+            raise
+
+    def _check_classes(self, classes: tuple[int, ...] | None) -> None:
+        num_classes = len(self.model.names)
+        bad = [c for c in classes or () if not 0 <= c < num_classes]
+        if bad:
+            raise ValueError(
+                f"class ids {bad} are outside [0, {num_classes}) of model {self.model.name!r}"
+            )
+
+    def _check_deadline(self, deadline: float | None) -> None:
+        if deadline is not None and time.monotonic() >= deadline:
+            self._observer.dropped(DROP_DEADLINE)
+            raise DeadlineExpiredError("the deadline passed before the request could run")
+
+    def _prepare(self, image: ImageSource) -> tuple[np.ndarray, Letterbox]:
+        """Decode and letterbox (runs in the decode pool)."""
+        return self.model.preprocess(decode_image(image, self.config.max_pixels))
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._collect()
+            if batch is None:
+                return
+            if batch:
+                await self._run_batch(batch)
+
+    async def _collect(self) -> list[_Pending] | None:
+        """The next batch (possibly empty after drops), or None once closed and drained."""
+        while not self._queue:
+            if self._closing and self._decoding == 0:
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        close_at = self._queue[0].queued_at + self.config.max_delay_ms / MS_PER_S
+        while len(self._queue) < self.config.max_batch and not self._closing:
+            remaining = close_at - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+        now = time.monotonic()
+        batch = []
+        while self._queue and len(batch) < self.config.max_batch:
+            item = self._queue.popleft()
+            if item.future.done():  # cancelled by its caller
+                continue
+            if item.deadline is not None and now >= item.deadline:
+                self._observer.dropped(DROP_DEADLINE)
+                item.future.set_exception(
+                    DeadlineExpiredError("the deadline passed while the request was queued")
+                )
+                continue
+            batch.append(item)
+        self._observer.queue_depth(self.depth)
+        return batch
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        start = time.monotonic()
+        loop = asyncio.get_running_loop()
+        try:
+            outcomes = await loop.run_in_executor(self._device_pool, self._infer, batch)
+        except Exception as err:  # the device thread itself failed: fail this batch only
+            log.exception("device thread of %s failed", self.model.name)
+            outcomes = [InferenceError(f"model {self.model.name!r} failed: {err}")] * len(batch)
+        inference_s = time.monotonic() - start
+        self.images_run += len(batch)
+        self.batches_run += 1
+        self._observer.batch(len(batch), inference_s, [start - item.queued_at for item in batch])
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if item.future.done():  # cancelled while running
+                continue
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+                continue
+            timings = Timings(item.decode_s, start - item.queued_at, inference_s, len(batch))
+            item.future.set_result(BatchResult(outcome, timings))
+
+    def _infer(self, batch: list[_Pending]) -> list[Detections | BaseException]:
+        """Run a batch, one ``infer`` per options group (runs in the device thread)."""
+        groups: dict[DetectOptions, list[int]] = {}
+        for i, item in enumerate(batch):
+            groups.setdefault(item.options, []).append(i)
+        outcomes: dict[int, Detections | BaseException] = {}
+        for options, indices in groups.items():
+            items = [batch[i] for i in indices]
+            try:
+                results: list[Detections | BaseException] = list(self._forward(items, options))
+            except Exception:
+                log.exception(
+                    "batch of %d failed on %s; retrying one by one", len(items), self.model.name
+                )
+                results = [self._forward_alone(item) for item in items]
+            outcomes.update(zip(indices, results, strict=True))
+        return [outcomes[i] for i in range(len(batch))]
+
+    def _forward_alone(self, item: _Pending) -> Detections | BaseException:
+        try:
+            return self._forward([item], item.options)[0]
+        except Exception as err:
+            return InferenceError(f"model {self.model.name!r} failed on this image: {err}")
+
+    def _forward(self, items: list[_Pending], options: DetectOptions) -> list[Detections]:
+        batch = self._stack([item.letterboxed for item in items])
+        return self.model.infer(
+            batch,
+            [item.letterbox for item in items],
+            options.score_threshold,
+            options.iou_threshold,
+            options.max_detections,
+            options.classes,
+        )
+
+    def _stack(self, images: list[np.ndarray]) -> np.ndarray | torch.Tensor:
+        """``(B, S, S, 3)`` uint8; on CUDA a view of a reused pinned buffer."""
+        if self.model.device.type != "cuda":
+            return np.stack(images)
+        if self._pinned is None:
+            size = self.model.input_size
+            shape = (self.config.max_batch, size, size, 3)
+            self._pinned = torch.empty(shape, dtype=torch.uint8).pin_memory()
+        # Safe to reuse: infer copies the batch to the device and waits for its results
+        # before this thread stacks the next batch.
+        pinned = self._pinned[: len(images)]
+        np.stack(images, out=pinned.numpy())
+        return pinned

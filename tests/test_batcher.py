@@ -1,0 +1,484 @@
+"""The dynamic batcher on its own (no gRPC): batching, fan-out, backpressure, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from detector.boxes import Letterbox, letterbox_image
+from detector.checkpoint import Checkpoint
+from detector.config import ModelConfig
+from detector.models.yolo import YOLODetector
+from detector.predict import Detections, Detector
+from server.batcher import Batcher, BatcherConfig, DetectOptions
+from server.errors import (
+    BatcherClosedError,
+    DeadlineExpiredError,
+    InferenceError,
+    QueueFullError,
+)
+from server.images import ImageError, RawPixels
+
+INPUT_SIZE = 32
+POISON = 13  # fill value of an image that makes the fake model fail
+WAIT_S = 10.0  # generous bound on anything that should happen "at once"
+LOW = DetectOptions(score_threshold=0.0)  # random weights score low: keep everything
+
+
+class FakeModel:
+    """A model whose single detection's score is the image's fill value / 255.
+
+    Each caller can tell that it got its own image's answer. ``gate`` blocks the device
+    thread until set; ``batches`` records the size of every forward.
+    """
+
+    name = "fake"
+    device = torch.device("cpu")
+    names = ["a", "b", "c"]
+    input_size = INPUT_SIZE
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.running = threading.Event()  # set while a forward runs
+        self.batches: list[int] = []
+        self.seen: list[int] = []  # fill values that went through a forward
+
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        return letterbox_image(image, INPUT_SIZE, 0)
+
+    def infer(
+        self,
+        batch: np.ndarray | torch.Tensor,
+        letterboxes: Sequence[Letterbox],
+        score_threshold: float,
+        iou_threshold: float,
+        max_detections: int,
+        classes: Sequence[int] | None,
+    ) -> list[Detections]:
+        self.running.set()
+        assert self.gate.wait(WAIT_S)
+        self.running.clear()
+        values = [int(np.asarray(image).max()) for image in batch]
+        if POISON in values:
+            raise RuntimeError("poisoned batch")
+        self.batches.append(len(values))
+        self.seen.extend(values)
+        results = []
+        for value, lb in zip(values, letterboxes, strict=True):
+            h, w = lb.original_size
+            results.append(
+                Detections(
+                    boxes=np.array([[0, 0, w, h]], np.float32),
+                    scores=np.array([value / 255], np.float32),
+                    class_ids=np.array([0]),
+                    labels=["a"],
+                    landmarks=None,
+                    image_size=(h, w),
+                )
+            )
+        return results
+
+
+def image(value: int, height: int = 20, width: int = 30) -> np.ndarray:
+    return np.full((height, width, 3), value, np.uint8)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, timeout=60))
+
+
+async def started(model, **config) -> tuple[Batcher, ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(2)
+    batcher = Batcher(model, BatcherConfig(**config), pool)
+    batcher.start()
+    return batcher, pool
+
+
+async def wait_until(predicate, timeout: float = WAIT_S) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory) -> Detector:
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_classes=3, input_size=64)
+    path = tmp_path_factory.mktemp("model") / "m.safetensors"
+    Checkpoint(cfg, "grid", YOLODetector(cfg).state_dict()).save(path)
+    return Detector.load(path, device="cpu")
+
+
+def assert_same(got: Detections, want: Detections) -> None:
+    assert got.image_size == want.image_size
+    assert len(got) == len(want) > 0
+    np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-4)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-6)
+    np.testing.assert_array_equal(got.class_ids, want.class_ids)
+    assert got.labels == want.labels
+
+
+def test_concurrent_requests_batch_and_each_gets_its_own_answer(detector):
+    rng = np.random.default_rng(0)
+    images = [
+        rng.integers(0, 256, (int(rng.integers(30, 90)), int(rng.integers(30, 90)), 3), np.uint8)
+        for _ in range(12)
+    ]
+
+    async def main():
+        batcher, pool = await started(detector, max_batch=4, max_delay_ms=200)
+        try:
+            return await asyncio.gather(*(batcher.submit(im, LOW) for im in images)), batcher
+        finally:
+            await batcher.close()
+            pool.shutdown()
+
+    results, batcher = run(main())
+    for result, im in zip(results, images, strict=True):
+        assert_same(result.detections, detector.detect([im], score_threshold=0.0)[0])
+    sizes = [r.timings.batch_size for r in results]
+    assert max(sizes) > 1 and max(sizes) <= 4
+    assert batcher.images_run == len(images)
+    assert batcher.batches_run < len(images)
+
+
+def test_encoded_and_raw_images_give_the_same_answer_as_arrays(detector):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (40, 50, 3), np.uint8)
+    png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+    raw = RawPixels(rgb.tobytes(), width=50, height=40, channels=3)
+
+    async def main():
+        batcher, pool = await started(detector, max_batch=3, max_delay_ms=50)
+        try:
+            return await asyncio.gather(*(batcher.submit(src, LOW) for src in (rgb, png, raw)))
+        finally:
+            await batcher.close()
+            pool.shutdown()
+
+    want = detector.detect([rgb], score_threshold=0.0)[0]
+    for result in run(main()):
+        assert_same(result.detections, want)
+
+
+def test_batch_closes_at_max_batch_without_waiting_for_the_delay():
+    model = FakeModel()
+
+    async def main():
+        batcher, pool = await started(model, max_batch=4, max_delay_ms=60_000)
+        try:
+            start = time.monotonic()
+            results = await asyncio.gather(*(batcher.submit(image(v), LOW) for v in range(4)))
+            return results, time.monotonic() - start
+        finally:
+            await batcher.close()
+            pool.shutdown()
+
+    results, elapsed = run(main())
+    assert elapsed < WAIT_S
+    assert model.batches == [4]
+    assert [round(float(r.detections.scores[0]) * 255) for r in results] == [0, 1, 2, 3]
+
+
+def test_lone_request_waits_max_delay_then_runs():
+    model = FakeModel()
+    delay_ms = 80.0
+
+    async def main():
+        batcher, pool = await started(model, max_batch=8, max_delay_ms=delay_ms)
+        try:
+            return await batcher.submit(image(7), LOW)
+        finally:
+            await batcher.close()
+            pool.shutdown()
+
+    result = run(main())
+    assert model.batches == [1]
+    assert result.timings.queue_s >= delay_ms / 1000 * 0.9
+    assert result.timings.batch_size == 1
+
+
+def test_next_batch_fills_while_the_device_is_busy():
+    model = FakeModel()
+    model.gate.clear()
+
+    async def main():
+        batcher, pool = await started(model, max_batch=8, max_delay_ms=0)
+        try:
+            first = asyncio.ensure_future(batcher.submit(image(1), LOW))
+            await wait_until(model.running.is_set)
+            rest = [asyncio.ensure_future(batcher.submit(image(v), LOW)) for v in (2, 3, 4)]
+            await wait_until(lambda: batcher.queued == 3)
+            model.gate.set()
+            return await asyncio.gather(first, *rest)
+        finally:
+            model.gate.set()
+            await batcher.close()
+            pool.shutdown()
+
+    results = run(main())
+    assert model.batches == [1, 3]
+    assert [r.timings.batch_size for r in results] == [1, 3, 3, 3]
+
+
+def test_full_queue_is_refused_at_once():
+    model = FakeModel()
+    model.gate.clear()
+
+    async def main():
+        batcher, pool = await started(model, max_batch=1, max_delay_ms=0, max_queue=3)
+        try:
+            running = asyncio.ensure_future(batcher.submit(image(1), LOW))
+            await wait_until(model.running.is_set)
+            queued = [asyncio.ensure_future(batcher.submit(image(v), LOW)) for v in (2, 3, 4)]
+            await wait_until(lambda: batcher.queued == 3)
+            start = time.monotonic()
+            with pytest.raises(QueueFullError, match="limit 3"):
+                await batcher.submit(image(5), LOW)
+            refused_in = time.monotonic() - start
+            model.gate.set()
+            await asyncio.gather(running, *queued)
+            return refused_in
+        finally:
+            model.gate.set()
+            await batcher.close()
+            pool.shutdown()
+
+    assert run(main()) < WAIT_S
+    assert sorted(model.seen) == [1, 2, 3, 4]
+
+
+def test_request_whose_deadline_passes_in_the_queue_is_not_run():
+    model = FakeModel()
+    model.gate.clear()
+
+    async def main():
+        batcher, pool = await started(model, max_batch=4, max_delay_ms=0)
+        try:
+            running = asyncio.ensure_future(batcher.submit(image(1), LOW))
+            await wait_until(model.running.is_set)
+            late = asyncio.ensure_future(batcher.submit(image(2), LOW, time.monotonic() + 0.05))
+            on_time = asyncio.ensure_future(batcher.submit(image(3), LOW, time.monotonic() + 60))
+            await wait_until(lambda: batcher.queued == 2)
+            await asyncio.sleep(0.1)
+            model.gate.set()
+            await asyncio.gather(running, on_time)
+            with pytest.raises(DeadlineExpiredError):
+                await late
+        finally:
+            model.gate.set()
+            await batcher.close()
+            pool.shutdown()
+
+    run(main())
+    assert sorted(model.seen) == [1, 3]
+
+
+def test_already_expired_deadline_is_refused():
+    async def main():
+        batcher, pool = await started(FakeModel())
+        try:
+            with pytest.raises(DeadlineExpiredError):
+                await batcher.submit(image(1), LOW, time.monotonic() - 1)
+        finally:
+            await batcher.close()
+            pool.shutdown()
+
+    run(main())
+
+
+def test_cancelled_request_is_dropped_from_its_batch():
+    model = FakeModel()
+    model.gate.clear()
+
+    async def main():
+        batcher, pool = await started(model, max_batch=4, max_delay_ms=0)
+        try:
+            running = asyncio.ensure_future(batcher.submit(image(1), LOW))
+            await wait_until(model.running.is_set)
+            cancelled = asyncio.ensure_future(batcher.submit(image(2), LOW))
+            kept = asyncio.ensure_future(batcher.submit(image(3), LOW))
+            await wait_until(lambda: batcher.queued == 2)
+            cancelled.cancel()
+            await asyncio.sleep(0)
+            assert batcher.depth == 1
+            model.gate.set()
+            await asyncio.gather(running, kept)
+        finally:
+            model.gate.set()
+            await batcher.close()
+            pool.shutdown()
+
+    run(main())
+    assert sorted(model.seen) == [1, 3]
+
+
+def test_bad_image_fails_alone():
+    model = FakeModel()
+
+    async def main():
+        batcher, pool = await started(model, max_batch=4, max_delay_ms=50)
+        try:
+            return await asyncio.gather(
+                batcher.submit(image(5), LOW),
+                batcher.submit(b"not an image", LOW),
+                batcher.submit(RawPixels(b"\x00" * 5, 2, 2, 3), LOW),
+                batcher.submit(image(6), LOW),
+                return_exceptions=True,
+            )
+        finally:
+            await batcher.close()
+            pool.shutdown()
+
+    good, garbage, short, other = run(main())
+    assert isinstance(garbage, ImageError) and "not a JPEG, PNG" in str(garbage)
+    assert isinstance(short, ImageError) and "expected width * height * channels" in str(short)
+    assert round(float(good.detections.scores[0]) * 255) == 5
+    assert round(float(other.detections.scores[0]) * 255) == 6
+
+
+def test_request_that_breaks_the_model_fails_alone():
+    model = FakeModel()
+
+    async def main():
+        batcher, pool = await started(model, max_batch=3, max_delay_ms=200)
+        try:
+            return await asyncio.gather(
+                *(batcher.submit(image(v), LOW) for v in (4, POISON, 9)), return_exceptions=True
+            )
+        finally:
+            await batcher.close()
+            pool.shutdown()
+
+    first, poisoned, last = run(main())
+    assert isinstance(poisoned, InferenceError) and "poisoned" in str(poisoned)
+    assert round(float(first.detections.scores[0]) * 255) == 4
+    assert round(float(last.detections.scores[0]) * 255) == 9
+
+
+def test_pixel_limit_and_class_ids_are_checked_before_queueing():
+    model = FakeModel()
+
+    async def main():
+        batcher, pool = await started(model, max_pixels=100)
+        try:
+            with pytest.raises(ImageError, match="above the server's limit of 100 pixels"):
+                await batcher.submit(image(1, 20, 30), LOW)
+            with pytest.raises(ValueError, match=r"class ids \[3\] are outside \[0, 3\)"):
+                await batcher.submit(image(1, 5, 5), DetectOptions(classes=(0, 3)))
+        finally:
+            await batcher.close()
+            pool.shutdown()
+
+    run(main())
+    assert model.seen == []
+
+
+def test_requests_with_different_options_share_a_batch_and_keep_their_options(detector):
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (48, 48, 3), np.uint8) for _ in range(4)]
+    options = [LOW, DetectOptions(0.0, 0.3, 5), LOW, DetectOptions(0.0, 0.45, 300, (1,))]
+
+    async def main():
+        batcher, pool = await started(detector, max_batch=4, max_delay_ms=500)
+        try:
+            return await asyncio.gather(
+                *(batcher.submit(im, opt) for im, opt in zip(images, options, strict=True))
+            )
+        finally:
+            await batcher.close()
+            pool.shutdown()
+
+    for result, im, opt in zip(run(main()), images, options, strict=True):
+        want = detector.detect(
+            [im], opt.score_threshold, opt.iou_threshold, opt.max_detections, opt.classes
+        )[0]
+        assert_same(result.detections, want)
+        assert result.timings.batch_size == 4
+
+
+def test_closed_batcher_refuses_and_finishes_what_it_admitted():
+    model = FakeModel()
+
+    async def main():
+        batcher, pool = await started(model, max_batch=8, max_delay_ms=100)
+        pending = [asyncio.ensure_future(batcher.submit(image(v), LOW)) for v in (1, 2)]
+        await asyncio.sleep(0)
+        closing = asyncio.ensure_future(batcher.close())
+        await asyncio.sleep(0)
+        with pytest.raises(BatcherClosedError):
+            await batcher.submit(image(3), LOW)
+        results = await asyncio.gather(*pending)
+        await closing
+        pool.shutdown()
+        return results
+
+    assert len(run(main())) == 2
+    assert sorted(model.seen) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_batch": 0}, "max_batch"),
+        ({"max_delay_ms": -1}, "max_delay_ms"),
+        ({"max_queue": 0}, "max_queue"),
+        ({"max_pixels": 0}, "max_pixels"),
+    ],
+)
+def test_config_is_validated(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BatcherConfig(**kwargs)
+
+
+@pytest.mark.parametrize("field, value", [("score_threshold", 1.5), ("iou_threshold", -0.1)])
+def test_options_are_validated(field, value):
+    with pytest.raises(ValueError, match=field):
+        DetectOptions(**{field: value})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batch_runs_from_pinned_memory(tmp_path: Path):
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_classes=3, input_size=64)
+    path = tmp_path / "m.safetensors"
+    Checkpoint(cfg, "grid", YOLODetector(cfg).state_dict()).save(path)
+    gpu = Detector.load(path, device="cuda")
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (50, 60, 3), np.uint8) for _ in range(4)]
+
+    async def main():
+        batcher, pool = await started(gpu, max_batch=4, max_delay_ms=200)
+        try:
+            results = await asyncio.gather(*(batcher.submit(im, LOW) for im in images))
+            return results, batcher._pinned
+        finally:
+            await batcher.close()
+            pool.shutdown()
+
+    results, pinned = run(main())
+    assert pinned is not None and pinned.is_pinned()
+    for result, im in zip(results, images, strict=True):
+        want = gpu.detect([im], score_threshold=0.0)[0]
+        assert result.detections.image_size == want.image_size
+        assert len(result.detections) == len(want)

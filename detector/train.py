@@ -69,6 +69,7 @@ class TrainOptions:
     out: str = "runs/train"  # output folder: checkpoints, results.csv, plots
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: bool = False  # continue from out/last.safetensors
+    init: str | None = None  # start from this model's weights (same classes), new schedule
     strict: bool = False  # a bad label file is fatal instead of skipped
     train_split: str = "train"
     val_split: str = "val"
@@ -229,6 +230,15 @@ def train(options: TrainOptions) -> Path:
         resume_state = Checkpoint.load(last_path)
         model_config = resume_state.config
         log(f"resuming from {last_path} after epoch {resume_state.metadata['epoch'] + 1}")
+    elif options.init:
+        init_state = Checkpoint.load(options.init)
+        model_config = init_state.config
+        if list(model_config.names) != list(train_info.names):
+            raise ValueError(
+                f"--init {options.init}: its classes {list(model_config.names)} differ from the "
+                f"dataset's {train_info.names}"
+            )
+        log(f"initialised from {options.init} (size {model_config.size}, its anchors)")
     else:
         model_config = ModelConfig(
             num_classes=len(train_info.names),
@@ -242,6 +252,8 @@ def train(options: TrainOptions) -> Path:
 
     torch.manual_seed(cfg.seed)
     model = YOLODetector(model_config).to(device)
+    if options.init and resume_state is None:
+        model.load_state_dict(init_state.inference_state)
     ema = ModelEMA(model, cfg.ema_decay)
     optimizer = make_optimizer(model, cfg)
     start_epoch, best_fitness, stale = 0, -1.0, 0

@@ -247,3 +247,22 @@ def test_two_process_gloo_run_writes_once(data_yaml: Path, tmp_path: Path) -> No
     # Each of the 2 processes takes ceil(16 / 2 / 4) = 2 steps: the EMA counts steps.
     assert last.metadata["ema_updates"] == TRAIN_IMAGES // BATCH
     Detector.load(out / "best.safetensors", device="cpu")
+
+
+def test_init_starts_from_given_weights_with_a_new_schedule(
+    data_yaml: Path, tmp_path: Path
+) -> None:
+    first = tmp_path / "first"
+    train(_options(data_yaml, first, 1))
+    start = Checkpoint.load(first / "best.safetensors")
+    second = tmp_path / "second"
+    train(_options(data_yaml, second, 1, init=str(first / "best.safetensors"), config={"lr": 0.0}))
+    after = Checkpoint.load(second / "last.safetensors")
+    assert after.config == start.config  # anchors and classes come from the init model
+    assert after.metadata["epoch"] == 0  # a new schedule, not a resume
+    # With a learning rate of 0 the weights stay those of the init model (BatchNorm's
+    # running statistics still move in training mode, so only parameters are compared).
+    params = {k for k in start.model_state if "running" not in k and "num_batches" not in k}
+    _assert_states_equal(
+        {k: after.model_state[k] for k in params}, {k: start.model_state[k] for k in params}, "init"
+    )

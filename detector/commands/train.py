@@ -27,8 +27,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", default="runs/train", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"], help="adamw converges faster on short runs")
-    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate (SGD 0.01, AdamW about 0.001)")
+    p.add_argument(
+        "--init",
+        metavar="WEIGHTS",
+        help="start from this model file's weights and anchors (fine-tuning; same classes); the schedule starts anew",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="N",
+        help="end this run after N epochs, resumable with --resume (training in time slices)",
+    )
+    p.add_argument(
+        "--optimizer",
+        default="sgd",
+        choices=["sgd", "adamw"],
+        help="adamw converges faster on short runs",
+    )
+    p.add_argument(
+        "--lr", type=float, default=0.01, help="peak learning rate (SGD 0.01, AdamW about 0.001)"
+    )
     p.add_argument("--workers", type=int, default=2, help="data loading processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -75,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         device=args.device,
         resume=args.resume,
+        init=args.init,
+        stop_after_epochs=args.stop_after,
         strict=args.strict,
         plots=not args.no_plots,
         progress=not args.quiet,

@@ -9,7 +9,6 @@ input. The streaming pipeline itself is :func:`detector.video.process_frames`.
 
 from __future__ import annotations
 
-import glob
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from detector.inputs import expand_inputs
 from detector.video import (
     CODEC_SUFFIXES,
     DetectFn,
@@ -62,30 +62,7 @@ def find_videos(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
     Returns:
         The files, and one message per input that gave none (the others still run).
     """
-    found: list[Path] = []
-    problems: list[str] = []
-    for entry in inputs:
-        path = Path(entry)
-        if path.is_file():
-            files = [path]
-        elif path.is_dir():
-            files = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
-            )
-            if not files:
-                problems.append(f"{entry}: no video files ({', '.join(VIDEO_SUFFIXES)})")
-        elif glob.has_magic(str(entry)):
-            files = sorted(Path(p) for p in glob.glob(str(entry), recursive=True))
-            files = [p for p in files if p.is_file()]
-            if not files:
-                problems.append(f"{entry}: the pattern matches no files")
-        else:
-            files = []
-            problems.append(f"{entry}: no such file or directory")
-        found.extend(files)
-    seen: set[Path] = set()
-    unique = [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
-    return unique, problems
+    return expand_inputs(inputs, VIDEO_SUFFIXES, "video")
 
 
 def plan_jobs(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import sys
 from collections.abc import Iterator, Sequence
@@ -112,31 +111,9 @@ def find_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
         The files, and one message per input that gave none.
     """
     from detector.data.formats_common import IMAGE_SUFFIXES
+    from detector.inputs import expand_inputs
 
-    found: list[Path] = []
-    problems: list[str] = []
-    for entry in inputs:
-        path = Path(entry)
-        if path.is_file():
-            files = [path]
-        elif path.is_dir():
-            files = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not files:
-                problems.append(f"{entry}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-        elif glob.has_magic(str(entry)):
-            files = sorted(Path(p) for p in glob.glob(str(entry), recursive=True))
-            files = [p for p in files if p.is_file()]
-            if not files:
-                problems.append(f"{entry}: the pattern matches no files")
-        else:
-            files = []
-            problems.append(f"{entry}: no such file or directory")
-        found.extend(files)
-    seen: set[Path] = set()
-    unique = [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
-    return unique, problems
+    return expand_inputs(inputs, IMAGE_SUFFIXES, "image")
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -103,6 +103,11 @@ class VideoResult:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
+class DetectError(RuntimeError):
+    """A ``detect_fn`` could not answer (a remote detector failed, say): the video being
+    processed fails, and a job list goes on with the next one."""
+
+
 class VideoInterrupted(KeyboardInterrupt):
     """Ctrl-C during a video; ``result`` describes the valid outputs written so far."""
 
@@ -167,6 +172,7 @@ def process_frames(
     Raises:
         ValueError: a frame of another size or type, an unwritable codec, or a
             ``detect_fn`` that returned the wrong number of results.
+        DetectError: ``detect_fn`` could not answer.
         VideoInterrupted: on Ctrl-C, after closing valid outputs.
     """
     height, width = size

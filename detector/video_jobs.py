@@ -20,6 +20,7 @@ import numpy as np
 from detector.inputs import expand_inputs
 from detector.video import (
     CODEC_SUFFIXES,
+    DetectError,
     DetectFn,
     FrameCallback,
     VideoOptions,
@@ -172,6 +173,7 @@ def process_video(
 
     Raises:
         FileNotFoundError, ValueError: the input cannot be read, or an output not written.
+        DetectError: ``detect_fn`` could not answer.
         VideoInterrupted: on Ctrl-C, after closing valid outputs.
     """
     info = probe_video(job.source)
@@ -194,16 +196,22 @@ def process_videos(
 ) -> Iterator[VideoResult]:
     """Process videos one after another, yielding a result as each finishes.
 
-    A file that cannot be read (missing, corrupt, undecodable) or written yields a result
-    with ``error`` set, and the next one runs. :class:`~detector.video.VideoInterrupted`
-    ends the job list.
+    A file that cannot be read (missing, corrupt, undecodable) or written, or a
+    ``detect_fn`` that raises :class:`~detector.video.DetectError`, yields a result with
+    ``error`` set, and the next one runs (the outputs hold the frames written before the
+    failure). :class:`~detector.video.VideoInterrupted` ends the job list.
     """
     for job in jobs:
         start = time.perf_counter()
         try:
             result = process_video(job, detect_fn, options)
+        except DetectError as exc:
+            result = _failed(job, start, f"{job.source}: {exc}")
         except (FileNotFoundError, ValueError, OSError) as exc:
-            result = VideoResult(
-                str(job.source), None, None, 0, 0, time.perf_counter() - start, str(exc)
-            )
+            result = _failed(job, start, str(exc))
         yield result
+
+
+def _failed(job: VideoJob, start: float, error: str) -> VideoResult:
+    """The result of a job that stopped with ``error``; ``start`` is its perf_counter."""
+    return VideoResult(str(job.source), None, None, 0, 0, time.perf_counter() - start, error)

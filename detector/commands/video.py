@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from detector.video import DetectFn
+    import numpy as np
+
+    from detector.predict import Detections
+    from detector.video import DetectFn, VideoOptions
+    from detector.video_jobs import VideoJob
+    from server.client import DetectorClient
 
 # The library's defaults (detector.video.VideoOptions, CODEC_SUFFIXES, and the detector's
 # thresholds), repeated here so that --help does not import torch; tests check they agree.
@@ -18,6 +25,9 @@ CODECS = ("mp4v", "MJPG", "XVID")
 DEFAULT_CONF = 0.25
 DEFAULT_IOU = 0.45
 DEFAULT_MAX_DET = 300
+DEFAULT_TIMEOUT_S = 30.0  # with --server: seconds one batch's StreamDetect call may take
+CONNECT_TIMEOUT_S = 5.0  # with --server: seconds to wait for the server to accept a connection
+MAX_PORT = 65535
 
 DESCRIPTION = """\
 Run the detector over video files. For each input, write an annotated video with the
@@ -44,11 +54,20 @@ detections of the last detected frame before them, unchanged (boxes are not move
 they are drawn the same and their records say "source": "carried" with
 "detected_index" naming the frame the boxes were found on.
 
+--server HOST:PORT sends the frames to a detector server ('detector serve') instead of
+loading a model here: each batch of --batch frames goes through one StreamDetect call
+(a stream per batch, answers in frame order), with --conf, --iou and --max-det, to the
+served model --model (default: the server's default). --weights, --device and --threads
+are then ignored. A server that does not answer within a few seconds, or that does not
+serve --model, stops the run before any input; a call that fails later (the server went
+away, --timeout passed) fails that input, reported, and the next one runs.
+
 Decoding, the model and drawing + encoding run in three threads joined by bounded
 queues, so memory stays flat however long the video is. Ctrl-C stops cleanly: the video
 and the JSON lines are closed and valid up to the last written frame.
 
-Exit status: 0 all inputs done, 1 some inputs failed, 2 usage error, 130 interrupted.
+Exit status: 0 all inputs done, 1 some inputs failed or the server could not be used,
+2 usage error, 130 interrupted.
 """
 
 
@@ -81,9 +100,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--jsonl", metavar="FILE", help="JSON-lines path (one input only; default: beside -o)"
     )
     parser.add_argument(
-        "--weights", default="digits", metavar="NAME", help="shipped model name or model file"
+        "--weights",
+        default="digits",
+        metavar="NAME",
+        help="shipped model name or model file (ignored with --server)",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (ignored with --server)"
+    )
+    parser.add_argument(
+        "--server",
+        type=server_address,
+        metavar="HOST:PORT",
+        help="detect on this detector server through StreamDetect, one call per batch, "
+        "instead of loading a model here (see above)",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="NAME",
+        help="with --server: the served model to use (default: the server's default)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help="with --server: seconds each batch's call may take",
+    )
     parser.add_argument(
         "--batch", type=int, default=DEFAULT_BATCH, metavar="N", help="frames per model call"
     )
@@ -113,10 +156,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         metavar="N",
         help="torch threads when the model runs on the CPU (0: all cores but the two "
-        "that decode and encode, at least 1)",
+        "that decode and encode, at least 1; ignored with --server)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
+
+
+def server_address(text: str) -> str:
+    """``HOST:PORT`` (an IPv6 host in brackets), checked; for argparse ``type=``."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return text
+
+
+@contextlib.contextmanager
+def open_detect_fn(args: argparse.Namespace) -> Iterator[tuple[DetectFn, str]]:
+    """The batch detector the videos go through, and a name for it: a local model, or
+    the model of ``--server`` (whose connection is closed on exit).
+
+    Raises:
+        ValueError: bad options.
+        DetectError: the server cannot be reached or does not serve ``--model``.
+    """
+    if args.server is None:
+        if args.model is not None:
+            raise ValueError("--model names a served model and needs --server; use --weights")
+        yield build_detect_fn(args)
+        return
+    from server.client import DetectorClient
+
+    if not args.timeout > 0:
+        raise ValueError(f"--timeout must be > 0, got {args.timeout}")
+    model = args.model or ""
+    with DetectorClient(args.server, timeout=args.timeout) as client:
+        detect_fn = remote_detect_fn(
+            client, model, args.conf, args.iou, args.max_det, timeout=args.timeout
+        )
+        name = served_model(client, model)
+        yield detect_fn, f"model {name} on server {args.server}"
 
 
 def build_detect_fn(args: argparse.Namespace) -> tuple[DetectFn, str]:
@@ -137,10 +215,69 @@ def build_detect_fn(args: argparse.Namespace) -> tuple[DetectFn, str]:
     return detect_fn, f"model {detector.name} on {where}"
 
 
+def served_model(client: DetectorClient, model: str = "") -> str:
+    """Wait up to ``CONNECT_TIMEOUT_S`` for the server; the name of ``model`` there
+    (``""``: its default).
+
+    Raises:
+        DetectError: no server answers, or it does not serve ``model``.
+    """
+    from detector.video import DetectError
+    from server.client import RemoteError
+
+    try:
+        client.wait_ready(CONNECT_TIMEOUT_S)
+        models = client.list_models()
+    except RemoteError as err:
+        raise DetectError(f"server {client.address}: {err}") from err
+    names = [m.name for m in models]
+    name = model or next((m.name for m in models if m.is_default), "")
+    if name not in names:
+        missing = f"no model {model!r}" if model else "no default model"
+        raise DetectError(f"server {client.address} has {missing}; it serves {names}")
+    return name
+
+
+def remote_detect_fn(
+    client: DetectorClient,
+    model: str = "",
+    score_threshold: float = DEFAULT_CONF,
+    iou_threshold: float = DEFAULT_IOU,
+    max_detections: int = DEFAULT_MAX_DET,
+    timeout: float | None = DEFAULT_TIMEOUT_S,
+) -> DetectFn:
+    """A :data:`~detector.video.DetectFn` that sends each batch of frames through one
+    ``StreamDetect`` call of ``client`` (``timeout`` seconds at most) to ``model``
+    (``""``: the server's default). A failed call raises
+    :class:`~detector.video.DetectError`.
+    """
+    from detector.postprocess import check_thresholds
+    from detector.video import DetectError
+    from server.client import RemoteError
+
+    check_thresholds(score_threshold, iou_threshold, max_detections)
+
+    def detect(frames: list[np.ndarray]) -> list[Detections]:
+        stream = client.stream_detect(
+            iter(frames),
+            model=model,
+            score_threshold=score_threshold,
+            iou_threshold=iou_threshold,
+            max_detections=max_detections,
+            timeout=timeout,
+        )
+        try:
+            return list(stream)
+        except RemoteError as err:
+            raise DetectError(f"server {client.address}: {err}") from err
+
+    return detect
+
+
 def run(args: argparse.Namespace) -> int:
     """Process every input; returns the exit code (see the description)."""
-    from detector.video import VideoInterrupted, VideoOptions
-    from detector.video_jobs import find_videos, plan_jobs, process_videos
+    from detector.video import DetectError, VideoOptions
+    from detector.video_jobs import find_videos, plan_jobs
 
     options = VideoOptions(
         batch_size=args.batch,
@@ -155,9 +292,23 @@ def run(args: argparse.Namespace) -> int:
     if not sources:
         raise ValueError("no input videos found")
     jobs = plan_jobs(sources, args.output, args.jsonl, args.codec)
-    detect_fn, backend = build_detect_fn(args)
-    print(f"{len(jobs)} video(s) through {backend}", file=sys.stderr)
-    failed = len(problems)
+    try:
+        with open_detect_fn(args) as (detect_fn, backend):
+            print(f"{len(jobs)} video(s) through {backend}", file=sys.stderr)
+            return run_jobs(jobs, detect_fn, options, failed=len(problems))
+    except DetectError as err:  # the detector could not be set up: no input ran
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def run_jobs(
+    jobs: list[VideoJob], detect_fn: DetectFn, options: VideoOptions, failed: int = 0
+) -> int:
+    """Process the jobs, reporting each; returns the exit code. ``failed``: inputs that
+    already failed."""
+    from detector.video import VideoInterrupted
+    from detector.video_jobs import process_videos
+
     try:
         for result in process_videos(jobs, detect_fn, options):
             if result.error is not None:

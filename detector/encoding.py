@@ -280,6 +280,13 @@ class Decoded:
     class_probs: torch.Tensor
     landmarks: torch.Tensor
 
+    def take(self, indices: list[int]) -> Decoded:
+        """The predictions of the images at ``indices`` (a new batch of len(indices))."""
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.boxes.device)
+        return Decoded(
+            self.boxes[idx], self.objectness[idx], self.class_probs[idx], self.landmarks[idx]
+        )
+
 
 def grid_cells(height: int, width: int, device: torch.device) -> torch.Tensor:
     """``(H, W, 1, 2)`` float tensor of cell indices ``(gx, gy)``."""

@@ -23,7 +23,7 @@ import torch
 from detector.boxes import Letterbox, boxes_to_original, letterbox_image, points_to_original
 from detector.checkpoint import Checkpoint
 from detector.config import ModelConfig
-from detector.encoding import decode
+from detector.encoding import Decoded, decode
 from detector.models.yolo import YOLODetector
 from detector.postprocess import check_thresholds, select_detections
 
@@ -201,7 +201,8 @@ class Detector:
         max_detections: int = 300,
         classes: Sequence[int | str] | None = None,
     ) -> list[Detections]:
-        """One forward on a letterboxed batch.
+        """One forward on a letterboxed batch, then post-processing: :meth:`forward`
+        followed by :meth:`select`.
 
         Args:
             batch: ``(B, S, S, 3)`` uint8 letterboxed RGB images (numpy or tensor, pinned
@@ -213,8 +214,20 @@ class Detector:
         """
         check_thresholds(score_threshold, iou_threshold, max_detections)
         class_ids = self.class_ids(classes)
+        decoded = self.forward(batch, len(letterboxes))
+        return self.select(
+            decoded, letterboxes, score_threshold, iou_threshold, max_detections, class_ids
+        )
+
+    @torch.inference_mode()
+    def forward(self, batch: np.ndarray | torch.Tensor, count: int | None = None) -> Decoded:
+        """The device part: ``(B, S, S, 3)`` uint8 → device → float → model → decode.
+
+        ``count`` (B), when given, is checked against the batch. Returns the decoded
+        predictions of every anchor, still on the device.
+        """
         x = torch.as_tensor(batch)
-        expected = (len(letterboxes), self.input_size, self.input_size, 3)
+        expected = (len(x) if count is None else count, self.input_size, self.input_size, 3)
         if tuple(x.shape) != expected or x.dtype != torch.uint8:
             raise ValueError(
                 f"batch must be {expected} uint8 (one letterboxed image per letterbox), "
@@ -228,8 +241,24 @@ class Detector:
                 raw = self.model(x)
         else:
             raw = self.model(x)
+        return decode(raw, self.config)
+
+    @torch.inference_mode()
+    def select(
+        self,
+        decoded: Decoded,
+        letterboxes: Sequence[Letterbox],
+        score_threshold: float = 0.25,
+        iou_threshold: float = 0.45,
+        max_detections: int = 300,
+        classes: Sequence[int | str] | None = None,
+    ) -> list[Detections]:
+        """Post-process decoded predictions (one image per letterbox): score threshold,
+        per-class NMS, top-k, mapping back to original pixels. Several calls with
+        different settings may share one :meth:`forward` (see :meth:`Decoded.take`)."""
+        check_thresholds(score_threshold, iou_threshold, max_detections)
         selected = select_detections(
-            decode(raw, self.config), score_threshold, iou_threshold, max_detections, class_ids
+            decoded, score_threshold, iou_threshold, max_detections, self.class_ids(classes)
         )
         return [self._to_original(det, lb) for det, lb in zip(selected, letterboxes, strict=True)]
 

@@ -14,9 +14,9 @@ A request's life, all on one asyncio event loop:
 4. on closing, requests whose deadline has passed fail with ``DeadlineExpiredError``
    and cancelled ones are dropped: neither is run (errors: :mod:`server.errors`);
 5. the batch is stacked into one ``(B, S, S, 3)`` uint8 array (pinned host memory on
-   CUDA) and runs as one forward in the model's own device thread, one
-   :meth:`~detector.predict.Detector.infer` per distinct set of thresholds (one in the
-   usual case where callers use the same settings);
+   CUDA) and runs as one forward in the model's own device thread
+   (:meth:`~detector.predict.Detector.forward`), then one post-processing
+   (:meth:`~detector.predict.Detector.select`) per distinct set of thresholds;
 6. each caller's future gets its own :class:`Detections`. If a batch fails as a whole,
    its images are retried one by one, so a request that breaks the model fails alone.
 """
@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from detector.boxes import Letterbox
+from detector.encoding import Decoded
 from detector.postprocess import check_thresholds
 from detector.predict import Detections
 from server.errors import BatcherClosedError, DeadlineExpiredError, InferenceError, QueueFullError
@@ -59,15 +60,21 @@ class BatchModel(Protocol):
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]: ...
 
-    def infer(
+    def forward(self, batch: np.ndarray | torch.Tensor) -> Decoded:
+        """One device forward of a ``(B, S, S, 3)`` uint8 batch."""
+        ...
+
+    def select(
         self,
-        batch: np.ndarray | torch.Tensor,
+        decoded: Decoded,
         letterboxes: Sequence[Letterbox],
         score_threshold: float,
         iou_threshold: float,
         max_detections: int,
         classes: Sequence[int] | None,
-    ) -> list[Detections]: ...
+    ) -> list[Detections]:
+        """Post-process ``decoded`` (from :meth:`forward`) with one set of options."""
+        ...
 
 
 class BatchObserver(Protocol):
@@ -353,33 +360,41 @@ class Batcher:
             item.future.set_result(BatchResult(outcome, timings))
 
     def _infer(self, batch: list[_Pending]) -> list[Detections | BaseException]:
-        """Run a batch, one ``infer`` per options group (runs in the device thread)."""
+        """Run a batch as one forward, then post-process each options group (in the
+        device thread); if the forward fails, retry the images one by one."""
+        try:
+            decoded = self.model.forward(self._stack([item.letterboxed for item in batch]))
+        except Exception:
+            log.exception(
+                "batch of %d failed on %s; retrying one by one", len(batch), self.model.name
+            )
+            return [self._forward_alone(item) for item in batch]
         groups: dict[DetectOptions, list[int]] = {}
         for i, item in enumerate(batch):
             groups.setdefault(item.options, []).append(i)
         outcomes: dict[int, Detections | BaseException] = {}
         for options, indices in groups.items():
-            items = [batch[i] for i in indices]
             try:
-                results: list[Detections | BaseException] = list(self._forward(items, options))
-            except Exception:
-                log.exception(
-                    "batch of %d failed on %s; retrying one by one", len(items), self.model.name
+                results: list[Detections | BaseException] = list(
+                    self._select(decoded.take(indices), [batch[i] for i in indices], options)
                 )
-                results = [self._forward_alone(item) for item in items]
+            except Exception as err:
+                results = [InferenceError(f"model {self.model.name!r} failed: {err}")] * len(
+                    indices
+                )
             outcomes.update(zip(indices, results, strict=True))
         return [outcomes[i] for i in range(len(batch))]
 
     def _forward_alone(self, item: _Pending) -> Detections | BaseException:
         try:
-            return self._forward([item], item.options)[0]
+            decoded = self.model.forward(self._stack([item.letterboxed]))
+            return self._select(decoded, [item], item.options)[0]
         except Exception as err:
             return InferenceError(f"model {self.model.name!r} failed on this image: {err}")
 
-    def _forward(self, items: list[_Pending], options: DetectOptions) -> list[Detections]:
-        batch = self._stack([item.letterboxed for item in items])
-        return self.model.infer(
-            batch,
+    def _select(self, decoded, items: list[_Pending], options: DetectOptions) -> list[Detections]:
+        return self.model.select(
+            decoded,
             [item.letterbox for item in items],
             options.score_threshold,
             options.iou_threshold,

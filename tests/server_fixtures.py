@@ -75,11 +75,11 @@ class GatedDetector(Detector):
         self.gate = threading.Event()
         self.running = threading.Event()
 
-    def infer(self, *args, **kwargs) -> list[Detections]:
+    def forward(self, *args, **kwargs):
         self.running.set()
         assert self.gate.wait(WAIT_S), "the test never opened the gate"
         self.running.clear()
-        return super().infer(*args, **kwargs)
+        return super().forward(*args, **kwargs)
 
 
 def run(coro) -> object:

@@ -56,15 +56,7 @@ class FakeModel:
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         return letterbox_image(image, INPUT_SIZE, 0)
 
-    def infer(
-        self,
-        batch: np.ndarray | torch.Tensor,
-        letterboxes: Sequence[Letterbox],
-        score_threshold: float,
-        iou_threshold: float,
-        max_detections: int,
-        classes: Sequence[int] | None,
-    ) -> list[Detections]:
+    def forward(self, batch: np.ndarray | torch.Tensor) -> FakeDecoded:
         self.running.set()
         assert self.gate.wait(WAIT_S)
         self.running.clear()
@@ -73,8 +65,19 @@ class FakeModel:
             raise RuntimeError("poisoned batch")
         self.batches.append(len(values))
         self.seen.extend(values)
+        return FakeDecoded(values)
+
+    def select(
+        self,
+        decoded: FakeDecoded,
+        letterboxes: Sequence[Letterbox],
+        score_threshold: float,
+        iou_threshold: float,
+        max_detections: int,
+        classes: Sequence[int] | None,
+    ) -> list[Detections]:
         results = []
-        for value, lb in zip(values, letterboxes, strict=True):
+        for value, lb in zip(decoded.values, letterboxes, strict=True):
             h, w = lb.original_size
             results.append(
                 Detections(
@@ -87,6 +90,16 @@ class FakeModel:
                 )
             )
         return results
+
+
+class FakeDecoded:
+    """What FakeModel.forward returns: each image's fill value."""
+
+    def __init__(self, values: list[int]):
+        self.values = values
+
+    def take(self, indices: list[int]) -> FakeDecoded:
+        return FakeDecoded([self.values[i] for i in indices])
 
 
 def image(value: int, height: int = 20, width: int = 30) -> np.ndarray:
@@ -454,6 +467,26 @@ def test_config_is_validated(kwargs, message):
 def test_options_are_validated(field, value):
     with pytest.raises(ValueError, match=field):
         DetectOptions(**{field: value})
+
+
+def test_different_options_cost_one_forward():
+    """Four requests with three different option sets run as one forward of 4 images."""
+    model = FakeModel()
+    options = [LOW, DetectOptions(0.0, 0.3, 5), LOW, DetectOptions(0.0, 0.45, 300, (1,))]
+
+    async def main():
+        batcher, pool = await started(model, max_batch=4, max_delay_ms=500)
+        try:
+            return await asyncio.gather(
+                *(batcher.submit(image(20 + i), opt) for i, opt in enumerate(options))
+            )
+        finally:
+            await batcher.close()
+            pool.shutdown()
+
+    results = run(main())
+    assert model.batches == [4]
+    assert [round(float(r.detections.scores[0]) * 255) for r in results] == [20, 21, 22, 23]
 
 
 @pytest.mark.gpu

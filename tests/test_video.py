@@ -395,7 +395,13 @@ def test_shipped_model_finds_the_moving_digits(digits, tmp_path):
     for record, boxes in zip(records, truth, strict=True):
         for box, cls in zip(boxes, classes, strict=True):
             same = [d["box"] for d in record["detections"] if d["class_id"] == cls]
-            if same and float(box_iou(torch.tensor([box]), torch.tensor(same)).max()) >= 0.5:
+            if (
+                same
+                and float(
+                    box_iou(torch.tensor(np.array([box])), torch.tensor(np.array(same))).max()
+                )
+                >= 0.5
+            ):
                 found += 1
     wanted = n_frames * len(classes)
     assert found >= 0.8 * wanted, f"found {found} of {wanted} digits (frames x digits)"

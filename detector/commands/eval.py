@@ -12,6 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from detector.commands import HelpFormatter
+
 if TYPE_CHECKING:
     from detector.data.types import DatasetInfo
     from detector.predict import Detections
@@ -43,22 +45,13 @@ split's ground truth next to it (P with .gt.json), so any COCO tool can score th
 """
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show defaults (but not an unset ``None``) and keep the description's line breaks."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``eval`` to the ``detector`` command."""
     parser = subparsers.add_parser(
         "eval",
         help="COCO metrics (AP, AP50, AP75, per class) of a model on a dataset split",
         description=DESCRIPTION,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--weights", required=True, metavar="WEIGHTS", help="model file or shipped model name"

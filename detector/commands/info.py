@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from detector.commands import HelpFormatter
+
 if TYPE_CHECKING:
     from detector.checkpoint import Checkpoint
     from detector.config import ModelConfig
@@ -30,22 +32,13 @@ WEIGHTS is a model file or the name of a shipped model in weights/.
 """
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show defaults (but not an unset ``None``) and keep the description's line breaks."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``info`` to the ``detector`` command."""
     parser = subparsers.add_parser(
         "info",
         help="model sizes (parameters, GFLOPs), or what a model file holds",
         description=DESCRIPTION,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--weights", metavar="WEIGHTS", help="model file or shipped model name")
     parser.add_argument(

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from detector.commands import HelpFormatter
+
 if TYPE_CHECKING:
     import numpy as np
     from tqdm import tqdm
@@ -50,22 +52,13 @@ Exit status: 0 when at least one image was processed, 1 when none was, 2 usage e
 """
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the description's layout and show each option's default, when it has one."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or isinstance(action.default, bool):
-            return action.help
-        return super()._get_help_string(action)
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``predict`` to the ``detector`` command."""
     parser = subparsers.add_parser(
         "predict",
         help="detect objects in images: annotated copies and JSON lines",
         description=DESCRIPTION,
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders, globs")
     parser.add_argument(

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from detector.commands import HelpFormatter
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -71,22 +73,13 @@ Exit status: 0 all inputs done, 1 some inputs failed or the server could not be 
 """
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the description's layout and show each option's default, when it has one."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or isinstance(action.default, bool):
-            return action.help
-        return super()._get_help_string(action)
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``video`` to the ``detector`` command."""
     parser = subparsers.add_parser(
         "video",
         help="annotate videos and write one JSON line per frame",
         description=DESCRIPTION,
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders, globs")
     parser.add_argument(

@@ -363,7 +363,6 @@ def train(options: TrainOptions) -> Path:
                 progress=options.progress,
             )
             r = val.result
-            ema.module.eval()
             fitness = 0.1 * _nz(r.ap50) + 0.9 * _nz(r.ap)
             improved = fitness > best_fitness
             best_fitness, stale = (fitness, 0) if improved else (best_fitness, stale + 1)

@@ -135,7 +135,12 @@ class TrainConfig:
     final_lr_ratio: float = 0.05  # cosine decays to lr * final_lr_ratio
     ema_decay: float = 0.999
     patience: int = 20  # epochs without val improvement before early stop (0 = never)
+    close_mosaic: int = 0  # the last N epochs train without mosaic (whole images, as at inference)
     workers: int = 2
     seed: int = 0
     amp: bool = True  # only takes effect on CUDA
     loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.close_mosaic <= self.epochs:
+            raise ValueError(f"close_mosaic must be in [0, epochs], got {self.close_mosaic}")

@@ -79,6 +79,7 @@ class TrainOptions:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     command: str = ""  # the command line, recorded in the checkpoint
     stop_after_epochs: int | None = None  # end this run after N epochs, resumable (time slices)
+    cache: bool = False  # decode the training images once and keep them in memory
 
     def __post_init__(self) -> None:
         if self.stop_after_epochs is not None and self.stop_after_epochs < 1:
@@ -251,7 +252,9 @@ def train(options: TrainOptions) -> Path:
         )
 
     torch.manual_seed(cfg.seed)
-    model = YOLODetector(model_config).to(device)
+    # Channels-last convolutions: measured here 1.25x the training steps/s of NCHW on
+    # the CPU (tiny, 320, batch 8); on CUDA they are what bf16 tensor cores want.
+    model = YOLODetector(model_config).to(device, memory_format=torch.channels_last)
     if options.init and resume_state is None:
         model.load_state_dict(init_state.inference_state)
     ema = ModelEMA(model, cfg.ema_decay)
@@ -276,7 +279,11 @@ def train(options: TrainOptions) -> Path:
 
     encoder = TargetEncoder.from_config(model_config, cfg.loss.ignore_threshold)
     augmenter = Augmenter(options.augment, model_config.input_size, model_config.flip_idx or None)
-    dataset = DetectionDataset(train_info, encoder, augmenter, augment=True, seed=cfg.seed)
+    dataset = DetectionDataset(
+        train_info, encoder, augmenter, augment=True, seed=cfg.seed, cache=options.cache
+    )
+    if options.cache:
+        log(f"cached {len(dataset)} decoded images: {dataset.cache_bytes() / 2**20:.0f} MiB")
     criterion = DetectionLoss(model_config, cfg.loss).to(device)
     use_amp = cfg.amp and device.type == "cuda"
     steps_per_epoch = math.ceil(len(dataset) / (cfg.batch_size * world))
@@ -300,6 +307,11 @@ def train(options: TrainOptions) -> Path:
     epoch = start_epoch - 1
     for epoch in range(start_epoch, cfg.epochs):
         dataset.set_epoch(epoch)
+        if cfg.close_mosaic and epoch >= cfg.epochs - cfg.close_mosaic:
+            # The last epochs see whole images, as validation and inference do.
+            dataset.augmenter = replace(augmenter, config=replace(augmenter.config, mosaic=0.0))
+            if epoch == cfg.epochs - cfg.close_mosaic:
+                log(f"mosaic off for the last {cfg.close_mosaic} epochs")
         if world > 1:
             sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed)
             sampler.set_epoch(epoch)
@@ -332,6 +344,7 @@ def train(options: TrainOptions) -> Path:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             images = images.to(device, non_blocking=True).float().div_(255)
+            images = images.contiguous(memory_format=torch.channels_last)
             targets = targets.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 outputs = train_model(images)

@@ -48,6 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--lr", type=float, default=0.01, help="peak learning rate (SGD 0.01, AdamW about 0.001)"
     )
     p.add_argument("--workers", type=int, default=2, help="data loading processes")
+    p.add_argument(
+        "--cache",
+        action="store_true",
+        help="decode the training images once and keep them in memory (faster epochs; H*W*3 bytes per image)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--patience",
@@ -56,6 +61,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="early stop after N epochs without improvement (0: never)",
     )
     p.add_argument("--mosaic", type=float, default=1.0, help="probability of a 4-image mosaic")
+    p.add_argument(
+        "--close-mosaic",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train the last N epochs without mosaic, on whole images as at inference",
+    )
     p.add_argument(
         "--fliplr",
         type=float,
@@ -84,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         seed=args.seed,
         patience=args.patience,
+        close_mosaic=args.close_mosaic,
     )
     augment = replace(AugmentConfig(), mosaic=args.mosaic, fliplr=args.fliplr, scale=args.scale)
     options = TrainOptions(
@@ -95,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         init=args.init,
         stop_after_epochs=args.stop_after,
+        cache=args.cache,
         strict=args.strict,
         plots=not args.no_plots,
         progress=not args.quiet,

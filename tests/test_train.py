@@ -210,21 +210,57 @@ def test_corrupt_image_is_skipped_and_reported(data_yaml: Path, tmp_path: Path, 
     assert [row["epoch"] for row in _rows(out)] == ["1"]
 
 
+def _dataset(info, augment: bool, cache: bool = False) -> DetectionDataset:
+    config = ModelConfig(num_classes=len(info.names), input_size=IMGSZ)
+    encoder = TargetEncoder.from_config(config)
+    augmenter = Augmenter(AugmentConfig(), IMGSZ)
+    return DetectionDataset(info, encoder, augmenter, augment=augment, seed=7, cache=cache)
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["read", "cached"])
 def test_image_corrupted_after_listing_is_replaced_by_the_next(
-    data_yaml: Path, tmp_path: Path, capsys
+    data_yaml: Path, tmp_path: Path, capsys, cache: bool
 ) -> None:
     copy = tmp_path / "data"
     shutil.copytree(data_yaml.parent, copy)
     info = load_dataset(str(copy / data_yaml.name), "train")
     Path(info.samples[0].image_path).write_bytes(b"garbage")
-    config = ModelConfig(num_classes=len(info.names), input_size=IMGSZ)
-    encoder = TargetEncoder.from_config(config)
-    dataset = DetectionDataset(info, encoder, Augmenter(AugmentConfig(), IMGSZ), augment=False)
+    dataset = _dataset(info, augment=False, cache=cache)
     image, targets, index = dataset[0]
     assert index == 0 and image.shape == (3, IMGSZ, IMGSZ)
     assert "cannot read image" in capsys.readouterr().err
     expected, _, _ = dataset[1]
     assert torch.equal(image, expected)  # sample 0 is replaced by sample 1
+
+
+def test_cached_dataset_gives_the_same_items_and_cannot_be_changed(data_yaml: Path) -> None:
+    info = load_dataset(str(data_yaml), "train")
+    read, cached = _dataset(info, augment=True), _dataset(info, augment=True, cache=True)
+    assert cached.cache_bytes() == TRAIN_IMAGES * IMGSZ * IMGSZ * 3 and read.cache_bytes() == 0
+    for epoch in (0, 1):
+        read.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for i in range(len(info.samples)):  # mosaic, affine, HSV: every transform runs
+            (a, ta, _), (b, tb, _) = read[i], cached[i]
+            assert torch.equal(a, b), (epoch, i)
+            for x, y in zip(ta.target + ta.state, tb.target + tb.state, strict=True):
+                assert torch.equal(x, y), (epoch, i)
+    with pytest.raises(ValueError, match="read-only"):
+        cached.images[0][0, 0, 0] = 1
+
+
+def test_close_mosaic_trains_the_last_epochs_on_whole_images(
+    data_yaml: Path, tmp_path: Path, capsys
+) -> None:
+    closed, plain = tmp_path / "closed", tmp_path / "plain"
+    train(_options(data_yaml, closed, epochs=2, config={"close_mosaic": 2}))
+    assert "mosaic off for the last 2 epochs" in capsys.readouterr().out
+    train(_options(data_yaml, plain, epochs=2, augment=AugmentConfig(mosaic=0.0)))
+    a = Checkpoint.load(closed / "last.safetensors")
+    b = Checkpoint.load(plain / "last.safetensors")
+    _assert_states_equal(a.model_state, b.model_state, "weights with mosaic closed and off")
+    with pytest.raises(ValueError, match="close_mosaic"):
+        TrainConfig(epochs=2, close_mosaic=3)
 
 
 @pytest.mark.slow

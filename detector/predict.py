@@ -157,9 +157,9 @@ class Detector:
         self.name = name
         self.metadata = metadata or {}
         self.use_cuda = device.type == "cuda"
-        model = model.to(device).eval()
-        if self.use_cuda:
-            model = model.to(memory_format=torch.channels_last)
+        # Channels-last on every device: measured 1.16x (1 thread) to 1.27x (2 threads)
+        # the images/s of NCHW on a 2-core CPU; on CUDA it is what bf16 tensor cores want.
+        model = model.to(device, memory_format=torch.channels_last).eval()
         self.model = model
         self.names = list(config.names)
 
@@ -235,8 +235,8 @@ class Detector:
             )
         x = x.to(self.device, non_blocking=True)  # (B, S, S, 3) uint8
         x = x.permute(0, 3, 1, 2).float().div_(255)  # (B, 3, S, S)
+        x = x.contiguous(memory_format=torch.channels_last)
         if self.use_cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 raw = self.model(x)
         else:

@@ -33,6 +33,8 @@ POISON = 13  # fill value of an image that makes the fake model fail
 WAIT_S = 10.0  # generous bound on anything that should happen "at once"
 LOW = DetectOptions(score_threshold=0.0)  # random weights score low: keep everything
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 class FakeModel:
     """A model whose single detection's score is the image's fill value / 255.
@@ -122,14 +124,6 @@ async def wait_until(predicate, timeout: float = WAIT_S) -> None:
     while not predicate():
         assert time.monotonic() < end, "condition not reached in time"
         await asyncio.sleep(0.005)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
-import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,7 +22,6 @@ from server_fixtures import (
     random_images,
     run,
     serving,
-    write_models,
 )
 
 from detector import cli
@@ -46,23 +44,7 @@ from server.repository import (
 
 CONCURRENT_CALLS = 64
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return write_models(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="module")
-def repository(model_dir) -> ModelRepository:
-    return ModelRepository.from_folder(model_dir, default="m", device="cpu")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_fixtures import (
     GRACE_S,
@@ -29,7 +28,6 @@ from server_fixtures import (
     run,
     serving,
     wait_until,
-    write_models,
 )
 
 from detector.predict import Detector
@@ -44,23 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MAX_PIXELS = 100 * 100  # pixel limit of the error-test server
 Code = grpc.StatusCode
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return write_models(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="module")
-def repository(model_dir) -> ModelRepository:
-    return ModelRepository.from_folder(model_dir, default="m", device="cpu")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

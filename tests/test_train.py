@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -114,6 +115,7 @@ def test_one_epoch_smoke_through_cli(data_yaml: Path, tmp_path: Path, capsys) ->
     assert last.ema_state is not None and last.optimizer_state is not None
     assert last.metadata["ema_updates"] == TRAIN_IMAGES // BATCH
     assert last.config.input_size == IMGSZ
+    assert last.metadata["command"] == shlex.join(["detector", *argv, "--no-plots", "--quiet"])
     best = Checkpoint.load(out / "best.safetensors")
     assert best.ema_state is None and best.optimizer_state is None
     _assert_states_equal(best.model_state, last.ema_state, "best weights and last EMA")

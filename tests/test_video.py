@@ -51,6 +51,8 @@ INK_DIFFERENCE = 60  # a pixel this far from GREY in some channel is ink
 FAST = MovingDigitsConfig(num_digits=2, min_speed=0.04, max_speed=0.06)  # 2.5-4 px per frame
 QUIET = VideoOptions(batch_size=4, progress=False)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def write_clip(path: Path, frames, fps: float = FPS, codec: str = "mp4v") -> list[np.ndarray]:
     """Encode RGB frames; returns the boxes of each frame."""
@@ -99,16 +101,6 @@ def ink_detect(frames: list[np.ndarray]) -> list[Detections]:
 
 def union_box(boxes: np.ndarray) -> np.ndarray:
     return np.array([*boxes[:, :2].min(0), *boxes[:, 2:].max(0)], np.float32)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """On a small shared CPU, torch's thread pool spinning beside the reader and writer
-    threads slows every batch several times over; one thread keeps the tests quick."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

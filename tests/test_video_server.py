@@ -18,8 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
-from server_fixtures import GRACE_S, HOST, WAIT_S, assert_same, write_models
+from server_fixtures import GRACE_S, HOST, WAIT_S, assert_same
 
 from detector.cli import main
 from detector.commands import video as video_command
@@ -41,18 +40,7 @@ BOX_ATOL = 0.011  # the JSON lines round boxes to 0.01 px
 SCORE_ATOL = 2e-4  # and scores to 4 decimals
 QUICK_CONNECT_S = 0.5  # connection wait of the unreachable-server test
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return write_models(tmp_path_factory.mktemp("models"))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @contextlib.contextmanager

@@ -114,9 +114,12 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         config=config,
         augment=augment,
-        command="detector " + shlex.join(sys.argv[1:])
-        if sys.argv[0].endswith("detector")
-        else shlex.join(["detector", "train", *sys.argv[1:]]),
+        command=shlex.join(
+            # detector.cli.main passes what it parsed; `python -m detector.train` does not
+            ["detector", *args.argv]
+            if hasattr(args, "argv")
+            else ["detector", "train", *sys.argv[1:]]
+        ),
     )
     train(options)
     return 0

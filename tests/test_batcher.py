@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from server_fixtures import assert_same
 
 from detector.boxes import Letterbox, letterbox_image
 from detector.checkpoint import Checkpoint
@@ -119,6 +121,17 @@ async def started(model, **config) -> tuple[Batcher, ThreadPoolExecutor]:
     return batcher, pool
 
 
+@contextlib.asynccontextmanager
+async def open_batcher(model, **config) -> AsyncIterator[Batcher]:
+    """A started batcher, closed (what it admitted finished) and its pool shut down on exit."""
+    batcher, pool = await started(model, **config)
+    try:
+        yield batcher
+    finally:
+        await batcher.close()
+        pool.shutdown()
+
+
 async def wait_until(predicate, timeout: float = WAIT_S) -> None:
     end = time.monotonic() + timeout
     while not predicate():
@@ -135,15 +148,6 @@ def detector(tmp_path_factory) -> Detector:
     return Detector.load(path, device="cpu")
 
 
-def assert_same(got: Detections, want: Detections) -> None:
-    assert got.image_size == want.image_size
-    assert len(got) == len(want) > 0
-    np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-4)
-    np.testing.assert_allclose(got.scores, want.scores, atol=1e-6)
-    np.testing.assert_array_equal(got.class_ids, want.class_ids)
-    assert got.labels == want.labels
-
-
 def test_concurrent_requests_batch_and_each_gets_its_own_answer(detector):
     rng = np.random.default_rng(0)
     images = [
@@ -152,12 +156,8 @@ def test_concurrent_requests_batch_and_each_gets_its_own_answer(detector):
     ]
 
     async def main():
-        batcher, pool = await started(detector, max_batch=4, max_delay_ms=200)
-        try:
+        async with open_batcher(detector, max_batch=4, max_delay_ms=200) as batcher:
             return await asyncio.gather(*(batcher.submit(im, LOW) for im in images)), batcher
-        finally:
-            await batcher.close()
-            pool.shutdown()
 
     results, batcher = run(main())
     for result, im in zip(results, images, strict=True):
@@ -175,12 +175,8 @@ def test_encoded_and_raw_images_give_the_same_answer_as_arrays(detector):
     raw = RawPixels(rgb.tobytes(), width=50, height=40, channels=3)
 
     async def main():
-        batcher, pool = await started(detector, max_batch=3, max_delay_ms=50)
-        try:
+        async with open_batcher(detector, max_batch=3, max_delay_ms=50) as batcher:
             return await asyncio.gather(*(batcher.submit(src, LOW) for src in (rgb, png, raw)))
-        finally:
-            await batcher.close()
-            pool.shutdown()
 
     want = detector.detect([rgb], score_threshold=0.0)[0]
     for result in run(main()):
@@ -191,14 +187,10 @@ def test_batch_closes_at_max_batch_without_waiting_for_the_delay():
     model = FakeModel()
 
     async def main():
-        batcher, pool = await started(model, max_batch=4, max_delay_ms=60_000)
-        try:
+        async with open_batcher(model, max_batch=4, max_delay_ms=60_000) as batcher:
             start = time.monotonic()
             results = await asyncio.gather(*(batcher.submit(image(v), LOW) for v in range(4)))
             return results, time.monotonic() - start
-        finally:
-            await batcher.close()
-            pool.shutdown()
 
     results, elapsed = run(main())
     assert elapsed < WAIT_S
@@ -211,12 +203,8 @@ def test_lone_request_waits_max_delay_then_runs():
     delay_ms = 80.0
 
     async def main():
-        batcher, pool = await started(model, max_batch=8, max_delay_ms=delay_ms)
-        try:
+        async with open_batcher(model, max_batch=8, max_delay_ms=delay_ms) as batcher:
             return await batcher.submit(image(7), LOW)
-        finally:
-            await batcher.close()
-            pool.shutdown()
 
     result = run(main())
     assert model.batches == [1]
@@ -229,18 +217,16 @@ def test_next_batch_fills_while_the_device_is_busy():
     model.gate.clear()
 
     async def main():
-        batcher, pool = await started(model, max_batch=8, max_delay_ms=0)
-        try:
-            first = asyncio.ensure_future(batcher.submit(image(1), LOW))
-            await wait_until(model.running.is_set)
-            rest = [asyncio.ensure_future(batcher.submit(image(v), LOW)) for v in (2, 3, 4)]
-            await wait_until(lambda: batcher.queued == 3)
-            model.gate.set()
-            return await asyncio.gather(first, *rest)
-        finally:
-            model.gate.set()
-            await batcher.close()
-            pool.shutdown()
+        async with open_batcher(model, max_batch=8, max_delay_ms=0) as batcher:
+            try:
+                first = asyncio.ensure_future(batcher.submit(image(1), LOW))
+                await wait_until(model.running.is_set)
+                rest = [asyncio.ensure_future(batcher.submit(image(v), LOW)) for v in (2, 3, 4)]
+                await wait_until(lambda: batcher.queued == 3)
+                model.gate.set()
+                return await asyncio.gather(first, *rest)
+            finally:
+                model.gate.set()
 
     results = run(main())
     assert model.batches == [1, 3]
@@ -252,23 +238,21 @@ def test_full_queue_is_refused_at_once():
     model.gate.clear()
 
     async def main():
-        batcher, pool = await started(model, max_batch=1, max_delay_ms=0, max_queue=3)
-        try:
-            running = asyncio.ensure_future(batcher.submit(image(1), LOW))
-            await wait_until(model.running.is_set)
-            queued = [asyncio.ensure_future(batcher.submit(image(v), LOW)) for v in (2, 3, 4)]
-            await wait_until(lambda: batcher.queued == 3)
-            start = time.monotonic()
-            with pytest.raises(QueueFullError, match="limit 3"):
-                await batcher.submit(image(5), LOW)
-            refused_in = time.monotonic() - start
-            model.gate.set()
-            await asyncio.gather(running, *queued)
-            return refused_in
-        finally:
-            model.gate.set()
-            await batcher.close()
-            pool.shutdown()
+        async with open_batcher(model, max_batch=1, max_delay_ms=0, max_queue=3) as batcher:
+            try:
+                running = asyncio.ensure_future(batcher.submit(image(1), LOW))
+                await wait_until(model.running.is_set)
+                queued = [asyncio.ensure_future(batcher.submit(image(v), LOW)) for v in (2, 3, 4)]
+                await wait_until(lambda: batcher.queued == 3)
+                start = time.monotonic()
+                with pytest.raises(QueueFullError, match="limit 3"):
+                    await batcher.submit(image(5), LOW)
+                refused_in = time.monotonic() - start
+                model.gate.set()
+                await asyncio.gather(running, *queued)
+                return refused_in
+            finally:
+                model.gate.set()
 
     assert run(main()) < WAIT_S
     assert sorted(model.seen) == [1, 2, 3, 4]
@@ -279,22 +263,22 @@ def test_request_whose_deadline_passes_in_the_queue_is_not_run():
     model.gate.clear()
 
     async def main():
-        batcher, pool = await started(model, max_batch=4, max_delay_ms=0)
-        try:
-            running = asyncio.ensure_future(batcher.submit(image(1), LOW))
-            await wait_until(model.running.is_set)
-            late = asyncio.ensure_future(batcher.submit(image(2), LOW, time.monotonic() + 0.05))
-            on_time = asyncio.ensure_future(batcher.submit(image(3), LOW, time.monotonic() + 60))
-            await wait_until(lambda: batcher.queued == 2)
-            await asyncio.sleep(0.1)
-            model.gate.set()
-            await asyncio.gather(running, on_time)
-            with pytest.raises(DeadlineExpiredError):
-                await late
-        finally:
-            model.gate.set()
-            await batcher.close()
-            pool.shutdown()
+        async with open_batcher(model, max_batch=4, max_delay_ms=0) as batcher:
+            try:
+                running = asyncio.ensure_future(batcher.submit(image(1), LOW))
+                await wait_until(model.running.is_set)
+                late = asyncio.ensure_future(batcher.submit(image(2), LOW, time.monotonic() + 0.05))
+                on_time = asyncio.ensure_future(
+                    batcher.submit(image(3), LOW, time.monotonic() + 60)
+                )
+                await wait_until(lambda: batcher.queued == 2)
+                await asyncio.sleep(0.1)
+                model.gate.set()
+                await asyncio.gather(running, on_time)
+                with pytest.raises(DeadlineExpiredError):
+                    await late
+            finally:
+                model.gate.set()
 
     run(main())
     assert sorted(model.seen) == [1, 3]
@@ -302,13 +286,9 @@ def test_request_whose_deadline_passes_in_the_queue_is_not_run():
 
 def test_already_expired_deadline_is_refused():
     async def main():
-        batcher, pool = await started(FakeModel())
-        try:
+        async with open_batcher(FakeModel()) as batcher:
             with pytest.raises(DeadlineExpiredError):
                 await batcher.submit(image(1), LOW, time.monotonic() - 1)
-        finally:
-            await batcher.close()
-            pool.shutdown()
 
     run(main())
 
@@ -318,22 +298,20 @@ def test_cancelled_request_is_dropped_from_its_batch():
     model.gate.clear()
 
     async def main():
-        batcher, pool = await started(model, max_batch=4, max_delay_ms=0)
-        try:
-            running = asyncio.ensure_future(batcher.submit(image(1), LOW))
-            await wait_until(model.running.is_set)
-            cancelled = asyncio.ensure_future(batcher.submit(image(2), LOW))
-            kept = asyncio.ensure_future(batcher.submit(image(3), LOW))
-            await wait_until(lambda: batcher.queued == 2)
-            cancelled.cancel()
-            await asyncio.sleep(0)
-            assert batcher.depth == 1
-            model.gate.set()
-            await asyncio.gather(running, kept)
-        finally:
-            model.gate.set()
-            await batcher.close()
-            pool.shutdown()
+        async with open_batcher(model, max_batch=4, max_delay_ms=0) as batcher:
+            try:
+                running = asyncio.ensure_future(batcher.submit(image(1), LOW))
+                await wait_until(model.running.is_set)
+                cancelled = asyncio.ensure_future(batcher.submit(image(2), LOW))
+                kept = asyncio.ensure_future(batcher.submit(image(3), LOW))
+                await wait_until(lambda: batcher.queued == 2)
+                cancelled.cancel()
+                await asyncio.sleep(0)
+                assert batcher.depth == 1
+                model.gate.set()
+                await asyncio.gather(running, kept)
+            finally:
+                model.gate.set()
 
     run(main())
     assert sorted(model.seen) == [1, 3]
@@ -343,8 +321,7 @@ def test_bad_image_fails_alone():
     model = FakeModel()
 
     async def main():
-        batcher, pool = await started(model, max_batch=4, max_delay_ms=50)
-        try:
+        async with open_batcher(model, max_batch=4, max_delay_ms=50) as batcher:
             return await asyncio.gather(
                 batcher.submit(image(5), LOW),
                 batcher.submit(b"not an image", LOW),
@@ -352,9 +329,6 @@ def test_bad_image_fails_alone():
                 batcher.submit(image(6), LOW),
                 return_exceptions=True,
             )
-        finally:
-            await batcher.close()
-            pool.shutdown()
 
     good, garbage, short, other = run(main())
     assert isinstance(garbage, ImageError) and "not a JPEG, PNG" in str(garbage)
@@ -367,14 +341,10 @@ def test_request_that_breaks_the_model_fails_alone():
     model = FakeModel()
 
     async def main():
-        batcher, pool = await started(model, max_batch=3, max_delay_ms=200)
-        try:
+        async with open_batcher(model, max_batch=3, max_delay_ms=200) as batcher:
             return await asyncio.gather(
                 *(batcher.submit(image(v), LOW) for v in (4, POISON, 9)), return_exceptions=True
             )
-        finally:
-            await batcher.close()
-            pool.shutdown()
 
     first, poisoned, last = run(main())
     assert isinstance(poisoned, InferenceError) and "poisoned" in str(poisoned)
@@ -386,15 +356,11 @@ def test_pixel_limit_and_class_ids_are_checked_before_queueing():
     model = FakeModel()
 
     async def main():
-        batcher, pool = await started(model, max_pixels=100)
-        try:
+        async with open_batcher(model, max_pixels=100) as batcher:
             with pytest.raises(ImageError, match="above the server's limit of 100 pixels"):
                 await batcher.submit(image(1, 20, 30), LOW)
             with pytest.raises(ValueError, match=r"class ids \[3\] are outside \[0, 3\)"):
                 await batcher.submit(image(1, 5, 5), DetectOptions(classes=(0, 3)))
-        finally:
-            await batcher.close()
-            pool.shutdown()
 
     run(main())
     assert model.seen == []
@@ -406,14 +372,10 @@ def test_requests_with_different_options_share_a_batch_and_keep_their_options(de
     options = [LOW, DetectOptions(0.0, 0.3, 5), LOW, DetectOptions(0.0, 0.45, 300, (1,))]
 
     async def main():
-        batcher, pool = await started(detector, max_batch=4, max_delay_ms=500)
-        try:
+        async with open_batcher(detector, max_batch=4, max_delay_ms=500) as batcher:
             return await asyncio.gather(
                 *(batcher.submit(im, opt) for im, opt in zip(images, options, strict=True))
             )
-        finally:
-            await batcher.close()
-            pool.shutdown()
 
     for result, im, opt in zip(run(main()), images, options, strict=True):
         want = detector.detect(
@@ -469,14 +431,10 @@ def test_different_options_cost_one_forward():
     options = [LOW, DetectOptions(0.0, 0.3, 5), LOW, DetectOptions(0.0, 0.45, 300, (1,))]
 
     async def main():
-        batcher, pool = await started(model, max_batch=4, max_delay_ms=500)
-        try:
+        async with open_batcher(model, max_batch=4, max_delay_ms=500) as batcher:
             return await asyncio.gather(
                 *(batcher.submit(image(20 + i), opt) for i, opt in enumerate(options))
             )
-        finally:
-            await batcher.close()
-            pool.shutdown()
 
     results = run(main())
     assert model.batches == [4]
@@ -495,13 +453,9 @@ def test_cuda_batch_runs_from_pinned_memory(tmp_path: Path):
     images = [rng.integers(0, 256, (50, 60, 3), np.uint8) for _ in range(4)]
 
     async def main():
-        batcher, pool = await started(gpu, max_batch=4, max_delay_ms=200)
-        try:
+        async with open_batcher(gpu, max_batch=4, max_delay_ms=200) as batcher:
             results = await asyncio.gather(*(batcher.submit(im, LOW) for im in images))
             return results, batcher._pinned
-        finally:
-            await batcher.close()
-            pool.shutdown()
 
     results, pinned = run(main())
     assert pinned is not None and pinned.is_pinned()

@@ -6,18 +6,24 @@ import argparse
 import shlex
 import sys
 
+from detector.commands import HelpFormatter
 from detector.config import MODEL_SIZES
+
+DESCRIPTION = """\
+Train a YOLO-style detector. Anchors are fitted by k-means on the training boxes; every
+epoch is validated with COCO metrics and writes OUT/results.csv, OUT/last.safetensors
+(resumable) and OUT/best.safetensors.
+
+Multi-GPU: torchrun --nproc-per-node N -m detector.train ...
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a detector on a labelled dataset",
-        description="Train a YOLO-style detector. Anchors are fitted by k-means on the "
-        "training boxes; every epoch is validated with COCO metrics and writes "
-        "OUT/results.csv, OUT/last.safetensors (resumable) and OUT/best.safetensors. "
-        "Multi-GPU: torchrun --nproc-per-node N -m detector.train ...",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=DESCRIPTION,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--data", required=True, help="data.yaml (YOLO), COCO .json or VOC folder")
     p.add_argument("--model", default="tiny", choices=sorted(MODEL_SIZES), help="model size")

@@ -28,14 +28,15 @@ def read_rgb(path) -> np.ndarray:
 
 
 def _read_or_none(path) -> np.ndarray | None:
-    """A cached image, read-only so that no transform can change the cache in place."""
+    """The image, read-only so that no transform can change a cached one in place; ``None``
+    (with a warning) when it cannot be read."""
     try:
         image = read_rgb(path)
-        image.setflags(write=False)
-        return image
     except ValueError as err:
-        print(f"warning: {err}; it will be skipped", file=sys.stderr)
+        print(f"warning: {err}; the next image is used in its place", file=sys.stderr)
         return None
+    image.setflags(write=False)
+    return image
 
 
 def sample_target(sample: Sample) -> Target:
@@ -98,14 +99,11 @@ class DetectionDataset(Dataset):
             position = (index + offset) % len(self)
             sample = self.info.samples[position]
             if self.images is not None:
-                image = self.images[position]
-                if image is not None:
-                    return image, sample_target(sample)
-                continue  # reported when the cache was filled
-            try:
-                return read_rgb(sample.image_path), sample_target(sample)
-            except ValueError as err:
-                print(f"warning: {err}; using the next image", file=sys.stderr)
+                image = self.images[position]  # an unreadable one was reported when cached
+            else:
+                image = _read_or_none(sample.image_path)
+            if image is not None:
+                return image, sample_target(sample)
         raise ValueError("no image of the dataset can be read")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Targets, int]:

@@ -29,6 +29,15 @@ Target assignment (Darknet's rule), per image, done by :class:`TargetEncoder`:
   anchor (again in the cell of that anchor's grid that contains its centre), and so on;
   an object that finds every candidate slot taken is dropped and counted in
   ``Targets.num_dropped``;
+* extra positives (off by default; ``LossConfig.positive_iou`` and
+  ``LossConfig.neighbour_cells``): once every object has its best slot, each placed
+  object also takes, in the same order, every free slot among: its best anchor and every
+  anchor (any scale) whose shape IoU with its box is above ``positive_iou``, each in the
+  cell containing its centre and, with ``neighbour_cells``, in the horizontal and the
+  vertical neighbour cell nearest to the centre (YOLOv5's rule: a centre in the left half
+  of its cell also goes to the cell on the left, and so on; the decoding reaches half a
+  cell past a cell, so those cells can predict it exactly). A slot that is already a
+  positive keeps its object: extras never displace a best slot or an earlier extra;
 * other anchors: an anchor that is not a positive, but whose shape IoU with an object
   is above ``ignore_threshold``, in the cell containing that object's centre, is
   *ignored* for objectness (neither pushed to 0 nor to 1); every other slot is a
@@ -44,7 +53,7 @@ from dataclasses import dataclass
 import torch
 
 from detector.boxes import wh_iou
-from detector.config import Anchors, ModelConfig
+from detector.config import Anchors, LossConfig, ModelConfig
 
 # States of a (cell, anchor) slot in Targets.state.
 NEGATIVE = 0  # objectness target 0
@@ -116,6 +125,10 @@ class TargetEncoder:
         num_landmarks: ``K`` (0 for plain boxes).
         input_size: side of the square model input in pixels.
         ignore_threshold: shape IoU above which a non-positive anchor is ignored.
+        positive_iou: shape IoU above which an anchor is an extra positive (``None``: the
+            best anchor only).
+        neighbour_cells: also make the two neighbour cells nearest to an object's centre
+            positives, for each of its positive anchors.
     """
 
     def __init__(
@@ -126,7 +139,13 @@ class TargetEncoder:
         input_size: int,
         num_landmarks: int = 0,
         ignore_threshold: float = 0.5,
+        positive_iou: float | None = None,
+        neighbour_cells: bool = False,
     ) -> None:
+        if positive_iou is not None and not 0 <= positive_iou < 1:
+            raise ValueError(f"positive_iou must be in [0, 1) or None, got {positive_iou}")
+        self.positive_iou = positive_iou
+        self.neighbour_cells = neighbour_cells
         self.anchors = anchor_tensor(anchors)  # (S, A, 2)
         self.strides = tuple(strides)
         self.num_classes = num_classes
@@ -137,14 +156,20 @@ class TargetEncoder:
         self.num_outputs = 5 + num_classes + 2 * num_landmarks
 
     @classmethod
-    def from_config(cls, config: ModelConfig, ignore_threshold: float = 0.5) -> TargetEncoder:
+    def from_config(
+        cls, config: ModelConfig, loss_config: LossConfig | None = None
+    ) -> TargetEncoder:
+        """The encoder of a model, with the assignment rules of ``loss_config``."""
+        rules = loss_config or LossConfig()
         return cls(
             config.anchors,
             config.strides,
             config.num_classes,
             config.input_size,
             config.num_landmarks,
-            ignore_threshold,
+            rules.ignore_threshold,
+            rules.positive_iou,
+            rules.neighbour_cells,
         )
 
     def empty(self) -> Targets:
@@ -204,33 +229,34 @@ class TargetEncoder:
 
         # Larger objects choose first; the stable sort keeps input order on ties.
         area = wh.prod(1)
-        order = torch.sort(-area, stable=True).indices
-        for n in order.tolist():
+        order = torch.sort(-area, stable=True).indices.tolist()
+        best: dict[int, int] = {}  # object -> the flat anchor index of its best free slot
+        for n in order:
             if not valid[n]:
                 continue
-            candidates = torch.sort(-shape_iou[n], stable=True).indices.tolist()
-            placed = False
-            for flat in candidates:
+            for flat in torch.sort(-shape_iou[n], stable=True).indices.tolist():
                 scale, a = divmod(flat, num_anchors)
                 gx, gy = self._cell(centres[n], scale)
                 if out.state[scale][gy, gx, a] == POSITIVE:
                     continue
-                self._place(
-                    out,
-                    scale,
-                    gy,
-                    gx,
-                    a,
-                    boxes[n],
-                    centres[n],
-                    wh[n],
-                    classes[n],
-                    None if landmarks is None else landmarks[n],
-                )
-                placed = True
+                self._place(out, scale, gy, gx, a, n, boxes, classes, landmarks)
+                best[n] = flat
                 break
-            if not placed:
+            else:
                 out.num_dropped += 1
+
+        if self.positive_iou is not None or self.neighbour_cells:
+            for n in order:
+                if n not in best:
+                    continue
+                flats = {best[n]}
+                if self.positive_iou is not None:
+                    flats.update(torch.nonzero(shape_iou[n] > self.positive_iou).flatten().tolist())
+                for flat in sorted(flats):
+                    scale, a = divmod(flat, num_anchors)
+                    for gx, gy in self._cells(centres[n], scale):
+                        if out.state[scale][gy, gx, a] != POSITIVE:
+                            self._place(out, scale, gy, gx, a, n, boxes, classes, landmarks)
 
         # Ignore non-positive anchors that fit some object well, in that object's cell.
         for n in range(len(boxes)):
@@ -251,17 +277,39 @@ class TargetEncoder:
         gy = min(max(int(math.floor(float(centre[1]) / stride)), 0), g - 1)
         return gx, gy
 
-    def _place(self, out, scale, gy, gx, a, box, centre, wh, cls, landmarks) -> None:
+    def _cells(self, centre: torch.Tensor, scale: int) -> list[tuple[int, int]]:
+        """The centre's cell, then (with ``neighbour_cells``) the horizontal and the
+        vertical neighbour on the side of the nearer cell edge, where the grid has one."""
+        gx, gy = self._cell(centre, scale)
+        cells = [(gx, gy)]
+        if self.neighbour_cells:
+            g = self.grid_sizes[scale]
+            fx, fy = (float(v) / self.strides[scale] for v in centre)
+            fx, fy = fx - gx, fy - gy  # position inside the cell, in [0, 1] once clamped
+            if fx < 0.5 and gx > 0:
+                cells.append((gx - 1, gy))
+            elif fx > 0.5 and gx < g - 1:
+                cells.append((gx + 1, gy))
+            if fy < 0.5 and gy > 0:
+                cells.append((gx, gy - 1))
+            elif fy > 0.5 and gy < g - 1:
+                cells.append((gx, gy + 1))
+        return cells
+
+    def _place(self, out, scale, gy, gx, a, n, boxes, classes, landmarks) -> None:
+        """Make slot ``(scale, gy, gx, a)`` a positive for object ``n``."""
+        box = boxes[n]
         t = out.target[scale][gy, gx, a]  # (D,) view
-        t[0:2] = centre
-        t[2:4] = wh
+        t.zero_()
+        t[0:2] = (box[:2] + box[2:]) / 2
+        t[2:4] = box[2:] - box[:2]
         t[OBJ] = 1.0
-        t[CLS + int(cls)] = 1.0
+        t[CLS + int(classes[n])] = 1.0
         out.state[scale][gy, gx, a] = POSITIVE
         if landmarks is not None and self.num_landmarks:
             lm_start = CLS + self.num_classes
-            t[lm_start:] = landmarks[:, :2].reshape(-1)
-            out.landmark_mask[scale][gy, gx, a] = landmarks[:, 2] > 0
+            t[lm_start:] = landmarks[n, :, :2].reshape(-1)
+            out.landmark_mask[scale][gy, gx, a] = landmarks[n, :, 2] > 0
 
 
 @dataclass

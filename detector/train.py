@@ -277,7 +277,7 @@ def train(options: TrainOptions) -> Path:
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    encoder = TargetEncoder.from_config(model_config, cfg.loss.ignore_threshold)
+    encoder = TargetEncoder.from_config(model_config, cfg.loss)
     augmenter = Augmenter(options.augment, model_config.input_size, model_config.flip_idx or None)
     dataset = DetectionDataset(
         train_info, encoder, augmenter, augment=True, seed=cfg.seed, cache=options.cache

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from torchvision.ops import box_iou
 
-from detector.config import ModelConfig
+from detector.config import ASSIGN_RULES, LossConfig, ModelConfig
 from detector.encoding import (
     IGNORED,
     NEGATIVE,
@@ -20,11 +21,22 @@ ANCHORS = (
 )
 
 
-def make(num_landmarks=0, num_classes=4, size=320):
+def make(num_landmarks=0, num_classes=4, size=320, **rules):
+    """A model config and its encoder; one positive per object unless ``rules`` say more."""
     config = ModelConfig(
         num_classes=num_classes, input_size=size, anchors=ANCHORS, num_landmarks=num_landmarks
     )
-    return config, TargetEncoder.from_config(config)
+    loss_config = LossConfig(**{**ASSIGN_RULES["best"], **rules})
+    return config, TargetEncoder.from_config(config, loss_config)
+
+
+def positive_slots(targets):
+    """Every positive as ``(scale, gy, gx, anchor)``, sorted."""
+    return sorted(
+        (scale, *pos)
+        for scale, state in enumerate(targets.state)
+        for pos in torch.nonzero(state == POSITIVE).tolist()
+    )
 
 
 def positives(targets, config):
@@ -51,11 +63,10 @@ def random_boxes(gen, n, size=320):
     return torch.cat((xy, (xy + wh).clamp(max=size)), 1)
 
 
-@pytest.mark.parametrize("num_landmarks", [0, 5])
-def test_round_trip_random(num_landmarks):
-    config, encoder = make(num_landmarks)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(20):
+def random_scenes(seed, num_landmarks, count=20):
+    """``count`` random images: 1–7 boxes, classes of 4, visible landmarks (or None)."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(count):
         n = int(torch.randint(1, 8, (1,), generator=gen))
         boxes = random_boxes(gen, n)
         classes = torch.randint(0, 4, (n,), generator=gen)
@@ -63,6 +74,14 @@ def test_round_trip_random(num_landmarks):
         if num_landmarks:
             lms = torch.rand(n, num_landmarks, 3, generator=gen) * 320
             lms[..., 2] = 2.0
+        yield boxes, classes, lms
+
+
+@pytest.mark.parametrize("num_landmarks", [0, 5])
+def test_round_trip_random(num_landmarks):
+    config, encoder = make(num_landmarks)
+    for boxes, classes, lms in random_scenes(0, num_landmarks):
+        n = len(boxes)
         targets = encoder(boxes, classes, lms)
         assert sum(int((s == POSITIVE).sum()) for s in targets.state) == n - targets.num_dropped
         got_boxes, got_classes, got_lms, _ = positives(targets, config)
@@ -171,3 +190,104 @@ def test_bad_input():
         encoder(torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([7]))
     with pytest.raises(ValueError, match="boxes but"):
         encoder(torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize(
+    ("inside", "neighbours"),
+    [
+        ((0.25, 0.75), [(-1, 0), (0, 1)]),  # left half, bottom half: left and lower cells
+        ((0.75, 0.25), [(1, 0), (0, -1)]),
+        ((0.5, 0.1), [(0, -1)]),  # exactly halfway across: no horizontal neighbour
+    ],
+)
+def test_neighbour_cells_nearest_to_the_centre(inside, neighbours):
+    """With neighbour_cells, the cells on the side of the nearer edges also predict the
+    object, and every one of them decodes to exactly its box (the decoding reaches half
+    a cell past its own cell)."""
+    config, encoder = make(neighbour_cells=True)
+    gx, gy = 12, 20
+    cx, cy = (gx + inside[0]) * 8, (gy + inside[1]) * 8
+    box = torch.tensor([[cx - 5.0, cy - 6.5, cx + 5.0, cy + 6.5]])  # shape of anchor 0, stride 8
+    targets = encoder(box, torch.tensor([2]))
+    expected = [(0, gy, gx, 0)] + [(0, gy + dy, gx + dx, 0) for dx, dy in neighbours]
+    assert positive_slots(targets) == sorted(expected)
+    got, cls, _, _ = positives(targets, config)
+    assert len(got) == len(expected)
+    assert (got - box).abs().max() <= 1e-3
+    assert cls.tolist() == [2] * len(expected)
+
+
+@pytest.mark.parametrize("corner", [(1.0, 1.0), (318.0, 318.0)])
+def test_neighbour_cells_stay_inside_the_grid(corner):
+    config, encoder = make(neighbour_cells=True)
+    cx, cy = corner
+    box = torch.tensor([[cx - 1.0, cy - 1.0, cx + 1.0, cy + 1.0]])
+    targets = encoder(box, torch.tensor([0]))
+    # The centre is near the grid's corner: the cells beyond do not exist.
+    assert len(positive_slots(targets)) == 1
+
+
+def test_positive_iou_adds_every_anchor_that_fits():
+    """positive_iou: each anchor (any scale) whose shape IoU with the box is above it is a
+    positive in the cell that holds the centre; the others are not."""
+    config, encoder = make(positive_iou=0.3)
+    box = torch.tensor([[100.0, 100.0, 130.0, 140.0]])
+    targets = encoder(box, torch.tensor([3]))
+    # Reference shape IoU: anchors and box centred on one point, through torchvision.
+    anchors = torch.tensor(ANCHORS).reshape(-1, 2)
+    centred = torch.cat((-anchors / 2, anchors / 2), 1)
+    shape_iou = box_iou(torch.tensor([[-15.0, -20.0, 15.0, 20.0]]), centred)[0]
+    expected = []
+    for flat in torch.nonzero(shape_iou > 0.3).flatten().tolist():
+        scale, a = divmod(flat, 3)
+        stride = config.strides[scale]
+        expected.append((scale, int(120 // stride), int(115 // stride), a))
+    assert len(expected) >= 2  # the case tests something beyond the best anchor
+    assert positive_slots(targets) == sorted(expected)
+    got, cls, _, _ = positives(targets, config)
+    assert (got - box).abs().max() <= 1e-3
+    assert (cls == 3).all()
+
+
+def test_extra_positives_never_take_a_best_slot():
+    """Object A's neighbour cell is object B's best slot: B keeps it, although A is
+    larger and places its extras first."""
+    config, encoder = make(neighbour_cells=True, positive_iou=0.3)
+    a_box = torch.tensor([[90.0, 93.5, 100.5, 107.0]])  # centre (95.25, 100.25): cell (11, 12)
+    b_box = torch.tensor([[82.0, 94.0, 92.0, 107.0]])  # centre (87, 100.5): cell (10, 12)
+    targets = encoder(torch.cat((a_box, b_box)), torch.tensor([0, 1]))
+    # Both boxes are closest to anchor 0 of stride 8; A is the larger one.
+    assert targets.state[0][12, 11, 0] == POSITIVE and targets.state[0][12, 10, 0] == POSITIVE
+    assert targets.target[0][12, 11, 0, 5 + 0] == 1.0  # A's best
+    assert targets.target[0][12, 10, 0, 5 + 1] == 1.0  # B's best, also A's left neighbour
+    assert targets.target[0][12, 10, 0, 5 + 0] == 0.0
+    got, _, _, _ = positives(targets, config)
+    err, _ = match(got, torch.cat((a_box, b_box)))
+    assert err.max() <= 1e-3
+
+
+@pytest.mark.parametrize("num_landmarks", [0, 5])
+def test_multi_rule_round_trip_random(num_landmarks):
+    """The named 'multi' rule: every positive decodes to exactly one object's box, class
+    and landmarks; each object has at least the positive the 'best' rule gives it."""
+    config, encoder = make(num_landmarks, **ASSIGN_RULES["multi"])
+    _, best_encoder = make(num_landmarks)
+    for boxes, classes, lms in random_scenes(1, num_landmarks):
+        n = len(boxes)
+        targets = encoder(boxes, classes, lms)
+        best = best_encoder(boxes, classes, lms)
+        assert set(positive_slots(best)) <= set(positive_slots(targets))
+        assert targets.num_dropped == best.num_dropped
+        got_boxes, got_classes, got_lms, _ = positives(targets, config)
+        assert len(got_boxes) == len(positive_slots(targets)) > n - targets.num_dropped
+        err = (got_boxes[:, None] - boxes[None]).abs().amax(-1)  # (P, N)
+        owner = err.argmin(1)
+        assert err.min(1).values.max() <= 1e-3
+        assert torch.equal(got_classes, classes[owner])
+        if num_landmarks:
+            assert (got_lms - lms[owner, :, :2]).abs().max() <= 1e-3
+
+
+def test_positive_iou_out_of_range():
+    with pytest.raises(ValueError, match="positive_iou"):
+        make(positive_iou=1.5)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from detector.boxes import box_iou
-from detector.config import LossConfig, ModelConfig
+from detector.config import ASSIGN_RULES, LossConfig, ModelConfig
 from detector.encoding import TargetEncoder, Targets, decode
 from detector.loss import DetectionLoss
 from detector.models.yolo import YOLODetector, count_flops, count_parameters
@@ -54,14 +54,17 @@ def test_sizes_grow_and_report():
     assert all(f > 0 for f in flops)
 
 
-def test_overfits_one_image():
-    """Loss falls by > 90 % and decode + NMS recover the 3 boxes with IoU > 0.7."""
+@pytest.mark.parametrize("assign", sorted(ASSIGN_RULES))
+def test_overfits_one_image(assign):
+    """Loss falls by > 90 % and decode + NMS recover the 3 boxes with IoU > 0.7, with
+    one positive per object and with several."""
     torch.manual_seed(0)
     config = ModelConfig(num_classes=3, input_size=SIZE, anchors=ANCHORS)
     model = YOLODetector(config)
-    criterion = DetectionLoss(config, LossConfig())
+    loss_config = LossConfig(**ASSIGN_RULES[assign])
+    criterion = DetectionLoss(config, loss_config)
     image, boxes, classes = scene()
-    targets = TargetEncoder.from_config(config)(boxes, classes)
+    targets = TargetEncoder.from_config(config, loss_config)(boxes, classes)
     batch = Targets.stack([targets])
     steps = 300
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)

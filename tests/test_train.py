@@ -4,12 +4,13 @@ the learning-rate schedule, bad images, and a 2-process DDP run on CPU (gloo).""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,9 @@ import pytest
 import torch
 
 from detector.checkpoint import Checkpoint
-from detector.cli import main
-from detector.config import ModelConfig, TrainConfig
+from detector.cli import build_parser, main
+from detector.commands.train import train_config
+from detector.config import ASSIGN_RULES, LossConfig, ModelConfig, TrainConfig
 from detector.data.dataset import DetectionDataset, read_rgb
 from detector.data.formats import load_dataset
 from detector.data.transforms import AugmentConfig, Augmenter
@@ -100,6 +102,7 @@ def test_one_epoch_smoke_through_cli(data_yaml: Path, tmp_path: Path, capsys) ->
     out = tmp_path / "run"
     argv = ["train", "--data", str(data_yaml), "--imgsz", str(IMGSZ), "--batch", str(BATCH)]
     argv += ["--workers", "0", "--epochs", "1", "--device", "cpu", "--out", str(out)]
+    argv += ["--box-gain", "0.2"]
     assert main([*argv, "--no-plots", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "best-possible recall" in printed
@@ -116,6 +119,8 @@ def test_one_epoch_smoke_through_cli(data_yaml: Path, tmp_path: Path, capsys) ->
     assert last.metadata["ema_updates"] == TRAIN_IMAGES // BATCH
     assert last.config.input_size == IMGSZ
     assert last.metadata["command"] == shlex.join(["detector", *argv, "--no-plots", "--quiet"])
+    loss_config = last.metadata["train_config"]["loss"]  # the defaults but the box gain
+    assert loss_config == json.loads(json.dumps({**asdict(LossConfig()), "box_gain": 0.2}))
     best = Checkpoint.load(out / "best.safetensors")
     assert best.ema_state is None and best.optimizer_state is None
     _assert_states_equal(best.model_state, last.ema_state, "best weights and last EMA")
@@ -125,6 +130,15 @@ def test_one_epoch_smoke_through_cli(data_yaml: Path, tmp_path: Path, capsys) ->
     (detections,) = detector.detect([image], score_threshold=0.0)
     assert len(detections) > 0
     assert set(detections.labels) <= set(detector.names)
+
+
+@pytest.mark.parametrize("assign", sorted(ASSIGN_RULES))
+def test_assign_flag_selects_the_positive_rule(assign: str) -> None:
+    args = build_parser().parse_args(["train", "--data", "d.yaml", "--assign", assign])
+    config = train_config(args)
+    assert config.loss == LossConfig(**ASSIGN_RULES[assign])
+    default = train_config(build_parser().parse_args(["train", "--data", "d.yaml"]))
+    assert default.loss == LossConfig() == LossConfig(**ASSIGN_RULES["multi"])
 
 
 def test_resume_continues_exactly_where_a_stopped_run_stopped(

@@ -7,7 +7,7 @@ import shlex
 import sys
 
 from detector.commands import HelpFormatter
-from detector.config import MODEL_SIZES
+from detector.config import ASSIGN_RULES, MODEL_SIZES, LossConfig, TrainConfig
 
 DESCRIPTION = """\
 Train a YOLO-style detector. Anchors are fitted by k-means on the training boxes; every
@@ -81,20 +81,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="horizontal flip probability (0 for text or digits)",
     )
     p.add_argument("--scale", type=float, default=0.5, help="random zoom range +-")
+    p.add_argument(
+        "--assign",
+        default="multi",
+        choices=sorted(ASSIGN_RULES),
+        help="positives per object: best = its best anchor in its cell only (Darknet); "
+        "multi = also every anchor with shape IoU > 0.4, each in the centre's cell and "
+        "its two nearest neighbour cells (YOLOv5-like; about 10 per object)",
+    )
+    p.add_argument(
+        "--box-gain",
+        type=float,
+        default=LossConfig.box_gain,
+        help="weight of the box (1 - CIoU) loss; objectness weighs 1, classes 0.5",
+    )
     p.add_argument("--strict", action="store_true", help="a bad label is fatal instead of skipped")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from detector.config import TrainConfig
-    from detector.data.transforms import AugmentConfig
-    from detector.train import TrainOptions, train
-
-    config = TrainConfig(
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` that parsed ``detector train`` arguments describe."""
+    return TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch,
         optimizer=args.optimizer,
@@ -103,7 +112,17 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         patience=args.patience,
         close_mosaic=args.close_mosaic,
+        loss=LossConfig(box_gain=args.box_gain, **ASSIGN_RULES[args.assign]),
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from detector.data.transforms import AugmentConfig
+    from detector.train import TrainOptions, train
+
+    config = train_config(args)
     augment = replace(AugmentConfig(), mosaic=args.mosaic, fliplr=args.fliplr, scale=args.scale)
     options = TrainOptions(
         data=args.data,

@@ -120,7 +120,6 @@ class LossConfig:
     ignore_threshold: float = 0.5  # non-best anchors with shape IoU above: objectness ignored
     # Extra positives per object (see detector.encoding): anchors with shape IoU above
     # positive_iou (None: the best anchor only), and the two nearest neighbour cells.
-    # The defaults are ASSIGN_RULES["multi"].
     positive_iou: float | None = 0.4
     neighbour_cells: bool = True
     iou_objectness: bool = True  # objectness target of positives = IoU(pred, gt), not 1
@@ -131,7 +130,10 @@ class LossConfig:
 # from the 0.62 where "best" had levelled off (weights/README.md).
 ASSIGN_RULES: dict[str, dict] = {
     "best": {"positive_iou": None, "neighbour_cells": False},  # Darknet: one slot per object
-    "multi": {"positive_iou": 0.4, "neighbour_cells": True},  # YOLOv5-like: ~10 per object
+    "multi": {  # YOLOv5-like, about 10 slots per object: LossConfig's defaults
+        "positive_iou": LossConfig.positive_iou,
+        "neighbour_cells": LossConfig.neighbour_cells,
+    },
 }
 
 

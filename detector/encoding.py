@@ -17,7 +17,7 @@ Decoding (one formula, used by the loss, inference and the tests alike):
   cell centre in units of the anchor's size;
 * objectness and classes are independent sigmoids.
 
-Target assignment (Darknet's rule), per image, done by :class:`TargetEncoder`:
+Target assignment, per image, done by :class:`TargetEncoder`:
 
 * an object is assigned to the anchor, among *all* scales, whose shape has the highest
   IoU with its box (shapes compared as if centred together; on equal IoU the lower
@@ -29,8 +29,9 @@ Target assignment (Darknet's rule), per image, done by :class:`TargetEncoder`:
   anchor (again in the cell of that anchor's grid that contains its centre), and so on;
   an object that finds every candidate slot taken is dropped and counted in
   ``Targets.num_dropped``;
-* extra positives (off by default; ``LossConfig.positive_iou`` and
-  ``LossConfig.neighbour_cells``): once every object has its best slot, each placed
+* extra positives (``LossConfig.positive_iou`` and ``LossConfig.neighbour_cells``; on
+  by default, ``detector train --assign multi``; ``--assign best`` turns them off and
+  keeps Darknet's one slot per object): once every object has its best slot, each placed
   object also takes, in the same order, every free slot among: its best anchor and every
   anchor (any scale) whose shape IoU with its box is above ``positive_iou``, each in the
   cell containing its centre and, with ``neighbour_cells``, in the horizontal and the
@@ -138,9 +139,9 @@ class TargetEncoder:
         num_classes: int,
         input_size: int,
         num_landmarks: int = 0,
-        ignore_threshold: float = 0.5,
-        positive_iou: float | None = None,
-        neighbour_cells: bool = False,
+        ignore_threshold: float = LossConfig.ignore_threshold,
+        positive_iou: float | None = LossConfig.positive_iou,
+        neighbour_cells: bool = LossConfig.neighbour_cells,
     ) -> None:
         if positive_iou is not None and not 0 <= positive_iou < 1:
             raise ValueError(f"positive_iou must be in [0, 1) or None, got {positive_iou}")
@@ -239,7 +240,7 @@ class TargetEncoder:
                 gx, gy = self._cell(centres[n], scale)
                 if out.state[scale][gy, gx, a] == POSITIVE:
                     continue
-                self._place(out, scale, gy, gx, a, n, boxes, classes, landmarks)
+                self._place(out, scale, gy, gx, a, n, centres, wh, classes, landmarks)
                 best[n] = flat
                 break
             else:
@@ -256,7 +257,7 @@ class TargetEncoder:
                     scale, a = divmod(flat, num_anchors)
                     for gx, gy in self._cells(centres[n], scale):
                         if out.state[scale][gy, gx, a] != POSITIVE:
-                            self._place(out, scale, gy, gx, a, n, boxes, classes, landmarks)
+                            self._place(out, scale, gy, gx, a, n, centres, wh, classes, landmarks)
 
         # Ignore non-positive anchors that fit some object well, in that object's cell.
         for n in range(len(boxes)):
@@ -296,13 +297,11 @@ class TargetEncoder:
                 cells.append((gx, gy + 1))
         return cells
 
-    def _place(self, out, scale, gy, gx, a, n, boxes, classes, landmarks) -> None:
-        """Make slot ``(scale, gy, gx, a)`` a positive for object ``n``."""
-        box = boxes[n]
+    def _place(self, out, scale, gy, gx, a, n, centres, wh, classes, landmarks) -> None:
+        """Make the free (all-zero) slot ``(scale, gy, gx, a)`` a positive for object ``n``."""
         t = out.target[scale][gy, gx, a]  # (D,) view
-        t.zero_()
-        t[0:2] = (box[:2] + box[2:]) / 2
-        t[2:4] = box[2:] - box[:2]
+        t[0:2] = centres[n]
+        t[2:4] = wh[n]
         t[OBJ] = 1.0
         t[CLS + int(classes[n])] = 1.0
         out.state[scale][gy, gx, a] = POSITIVE

@@ -86,8 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="multi",
         choices=sorted(ASSIGN_RULES),
         help="positives per object: best = its best anchor in its cell only (Darknet); "
-        "multi = also every anchor with shape IoU > 0.4, each in the centre's cell and "
-        "its two nearest neighbour cells (YOLOv5-like; about 10 per object)",
+        f"multi = also every anchor with shape IoU > {ASSIGN_RULES['multi']['positive_iou']}, "
+        "each in the centre's cell and its two nearest neighbour cells (YOLOv5-like; about "
+        "10 per object)",
     )
     p.add_argument(
         "--box-gain",

@@ -39,6 +39,7 @@ from detector.draw import draw_detections
 from detector.encoding import decode
 from detector.postprocess import select_detections
 from detector.predict import Detector
+from detector.settings import DEFAULT_OPTIONS
 from detector.video import CODEC_SUFFIXES, VideoOptions, local_detect_fn, model_threads
 from detector.video_jobs import VideoJob, process_video, read_video
 
@@ -46,7 +47,6 @@ GOAL = 0.9  # end-to-end frames/s over the slower of decoding and the model
 FRAME_POOL = 32  # decoded frames cycled through by the model-only and encode-only runs
 LATENCY_REPEATS = 5  # timed forwards per batch size (after one warm-up); the median is kept
 POSTPROCESS_REPEATS = 20
-IOU_THRESHOLD = 0.45
 MS = 1000.0
 
 
@@ -122,14 +122,16 @@ def encode_fps(
 
 
 def latency_ms(detector: Detector, frame: np.ndarray, batch: int) -> float:
-    """Median milliseconds per image of :meth:`Detector.infer` on a letterboxed batch."""
+    """Median milliseconds per image of :meth:`Detector.forward` + :meth:`Detector.postprocess`
+    on a letterboxed batch."""
     letterboxed, lb = detector.preprocess(frame)
     images = np.stack([letterboxed] * batch)  # (B, S, S, 3) uint8
-    detector.infer(images, [lb] * batch)  # warm-up
+    detector.postprocess(detector.forward(images), [lb] * batch, DEFAULT_OPTIONS)  # warm-up
     times = []
     for _ in range(LATENCY_REPEATS):
         start = time.perf_counter()
-        detector.infer(images, [lb] * batch)  # returns numpy: the device has finished
+        # returns numpy: the device has finished
+        detector.postprocess(detector.forward(images), [lb] * batch, DEFAULT_OPTIONS)
         times.append(time.perf_counter() - start)
     return statistics.median(times) / batch * MS
 
@@ -151,7 +153,9 @@ def postprocess_ms(detector: Detector, frame: np.ndarray, candidates: int) -> tu
             t0 = _sync_time(detector.device)
             decoded = decode(raw, detector.config)
             t1 = _sync_time(detector.device)
-            (kept,) = select_detections(decoded, threshold, IOU_THRESHOLD)
+            (kept,) = select_detections(
+                decoded, threshold, DEFAULT_OPTIONS.iou_threshold, DEFAULT_OPTIONS.max_detections
+            )
             t2 = _sync_time(detector.device)
             boxes_to_original(kept.boxes.float(), lb).cpu().numpy()
             t3 = _sync_time(detector.device)

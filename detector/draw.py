@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 if TYPE_CHECKING:
-    from detector.predict import Detections
+    from detector.settings import Detections
 
 Colour = tuple[int, int, int]  # (R, G, B), each 0..255
 

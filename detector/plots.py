@@ -26,7 +26,8 @@ import torch
 from detector.data.dataset import read_rgb
 from detector.data.types import DatasetInfo
 from detector.draw import draw_detections, fit_image, image_grid
-from detector.predict import Detections, Detector
+from detector.predict import Detector
+from detector.settings import DEFAULT_OPTIONS, Detections, DetectOptions
 
 RESULTS_CSV = "results.csv"
 RESULTS_PNG = "results.png"
@@ -47,8 +48,6 @@ MARKER_SIZE = 3  # dots on the curves, so a single epoch is still visible
 PREVIEW_IMAGES = 16  # validation images in val_predictions.png
 PREVIEW_COLUMNS = 4
 PREVIEW_CELL = 320  # pixels: each image is scaled to fit this square
-PREVIEW_SCORE_THRESHOLD = 0.25  # boxes shown in val_predictions.png
-PREVIEW_IOU_THRESHOLD = 0.45
 
 
 def read_results_csv(csv_path: str | Path) -> dict[str, np.ndarray]:
@@ -132,20 +131,17 @@ def plot_predictions(
     info: DatasetInfo,
     path: str | Path,
     max_images: int = PREVIEW_IMAGES,
-    score_threshold: float = PREVIEW_SCORE_THRESHOLD,
-    iou_threshold: float = PREVIEW_IOU_THRESHOLD,
+    options: DetectOptions = DEFAULT_OPTIONS,
 ) -> Path:
     """Save a grid of the first ``max_images`` images of ``info`` with ``detector``'s
-    boxes at ``score >= score_threshold`` drawn on them (each scaled to a
+    boxes (chosen with ``options``) drawn on them (each scaled to a
     ``PREVIEW_CELL`` square). Returns the path written."""
     samples = info.samples[:max_images]
     if not samples:
         raise ValueError("plot_predictions needs at least one image; the split is empty")
     images = [read_rgb(sample.image_path) for sample in samples]
     tiles = []
-    for image, detections in zip(
-        images, detector.detect(images, score_threshold, iou_threshold), strict=True
-    ):
+    for image, detections in zip(images, detector.detect(images, options), strict=True):
         small, scale = fit_image(image, PREVIEW_CELL)
         tiles.append(draw_detections(small, _scaled(detections, scale)))
     return save_rgb(image_grid(tiles, PREVIEW_COLUMNS), path)

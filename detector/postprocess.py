@@ -30,24 +30,17 @@ class RawDetections:
     landmarks: torch.Tensor
 
 
-def check_thresholds(score_threshold: float, iou_threshold: float, max_detections: int) -> None:
-    """Raise ``ValueError`` unless both thresholds are in [0, 1] and max_detections >= 1."""
-    for name, value in (("score_threshold", score_threshold), ("iou_threshold", iou_threshold)):
-        if not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {value}")
-    if int(max_detections) < 1:
-        raise ValueError(f"max_detections must be >= 1, got {max_detections}")
-
-
 def select_detections(
     decoded: Decoded,
-    score_threshold: float = 0.25,
-    iou_threshold: float = 0.45,
-    max_detections: int = 300,
+    score_threshold: float,
+    iou_threshold: float,
+    max_detections: int,
     classes: Sequence[int] | None = None,
 ) -> list[RawDetections]:
     """Turn a batch of decoded predictions into per-image detections.
 
+    The settings are those of :class:`~detector.settings.DetectOptions`, already checked
+    there; ``classes`` are class ids in ``[0, C)`` (see :func:`detector.settings.class_ids`).
     Each anchor keeps its best class; its score is objectness × that class's
     probability. With ``classes``, anchors whose best class is not among them are
     dropped, so the result equals the unfiltered one restricted to those classes (up to
@@ -57,16 +50,11 @@ def select_detections(
     Returns:
         One :class:`RawDetections` per image, on the input's device.
     """
-    check_thresholds(score_threshold, iou_threshold, max_detections)
     best_prob, best_class = decoded.class_probs.max(-1)  # (B, P)
     scores = decoded.objectness * best_prob  # (B, P)
     if classes is not None:
-        num_classes = decoded.class_probs.shape[-1]
-        allowed = torch.zeros(num_classes, dtype=torch.bool, device=scores.device)
-        ids = [int(c) for c in classes]
-        if any(not 0 <= c < num_classes for c in ids):
-            raise ValueError(f"class filter {ids} has ids outside [0, {num_classes})")
-        allowed[ids] = True
+        allowed = torch.zeros(decoded.class_probs.shape[-1], dtype=torch.bool, device=scores.device)
+        allowed[list(classes)] = True
         scores = scores * allowed[best_class]  # (B, P), 0 where the best class is filtered out
     results = []
     for b in range(scores.shape[0]):

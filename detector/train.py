@@ -36,10 +36,11 @@ from detector.config import ModelConfig, TrainConfig
 from detector.data.dataset import DetectionDataset, collate
 from detector.data.formats import load_dataset
 from detector.data.transforms import AugmentConfig, Augmenter
+from detector.device import resolve_device
 from detector.encoding import TargetEncoder
 from detector.loss import DetectionLoss
 from detector.models.yolo import YOLODetector
-from detector.predict import Detector, resolve_device
+from detector.predict import Detector
 from detector.validate import validate
 
 NUM_ANCHORS = 9

@@ -12,12 +12,8 @@ from detector.boxes import Letterbox
 from detector.data.dataset import read_rgb
 from detector.data.types import DatasetInfo
 from detector.evaluate import EvalResult, coco_metrics
-from detector.predict import Detections, Detector
-
-# Evaluation keeps nearly everything: COCO AP integrates over all scores.
-EVAL_SCORE_THRESHOLD = 0.001
-EVAL_IOU_THRESHOLD = 0.6
-EVAL_MAX_DETECTIONS = 100
+from detector.predict import Detector
+from detector.settings import EVAL_OPTIONS, Detections, DetectOptions
 
 
 class _LetterboxedImages(Dataset):
@@ -51,11 +47,13 @@ def validate(
     batch_size: int = 16,
     workers: int = 0,
     progress: bool = True,
-    score_threshold: float = EVAL_SCORE_THRESHOLD,
-    iou_threshold: float = EVAL_IOU_THRESHOLD,
-    max_detections: int = EVAL_MAX_DETECTIONS,
+    options: DetectOptions = EVAL_OPTIONS,
 ) -> Validation:
-    """Detect on every sample of ``info`` and compute COCO bbox metrics against its labels."""
+    """Detect on every sample of ``info`` and compute COCO bbox metrics against its labels.
+
+    ``options`` default to :data:`~detector.settings.EVAL_OPTIONS`, which keep nearly
+    every box: COCO AP integrates over all scores.
+    """
     loader = DataLoader(
         _LetterboxedImages(info, detector),
         batch_size=batch_size,
@@ -65,7 +63,7 @@ def validate(
     detections: list[Detections | None] = [None] * len(info.samples)
     bar = tqdm(loader, desc="validate", unit="batch", disable=not progress, leave=False)
     for images, letterboxes, indices in bar:
-        out = detector.infer(images, letterboxes, score_threshold, iou_threshold, max_detections)
+        out = detector.postprocess(detector.forward(images), letterboxes, options)
         for index, det in zip(indices, out, strict=True):
             detections[index] = det
     predictions = [(d.boxes, d.scores, d.class_ids) for d in detections]

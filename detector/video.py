@@ -43,18 +43,20 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from detector.draw import draw_detections
-from detector.postprocess import check_thresholds
-from detector.predict import Detections, Detector
+from detector.settings import DEFAULT_OPTIONS, Detections, DetectOptions
+
+if TYPE_CHECKING:
+    from detector.predict import Detector
 
 DetectFn = Callable[[list[np.ndarray]], list[Detections]]  # (H, W, 3) RGB frames → detections
 DrawFn = Callable[[np.ndarray, Detections], np.ndarray]  # frame, detections → new frame
@@ -116,18 +118,11 @@ class VideoInterrupted(KeyboardInterrupt):
         self.result = result
 
 
-def local_detect_fn(
-    detector: Detector,
-    score_threshold: float = 0.25,
-    iou_threshold: float = 0.45,
-    max_detections: int = 300,
-    classes: Sequence[int | str] | None = None,
-) -> DetectFn:
+def local_detect_fn(detector: Detector, options: DetectOptions = DEFAULT_OPTIONS) -> DetectFn:
     """A :data:`DetectFn` running ``detector`` in this process, one batch per call."""
-    check_thresholds(score_threshold, iou_threshold, max_detections)
 
     def detect(frames: list[np.ndarray]) -> list[Detections]:
-        return detector.detect(frames, score_threshold, iou_threshold, max_detections, classes)
+        return detector.detect(frames, options)
 
     return detect
 

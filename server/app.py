@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -26,7 +24,8 @@ from grpc_reflection.v1alpha import reflection
 
 from proto.detector.v1 import detector_pb2 as pb
 from proto.detector.v1 import detector_pb2_grpc as pb_grpc
-from server.batcher import Batcher, BatcherConfig
+from server.batcher import Batcher
+from server.config import ServerConfig
 from server.metrics import ServerMetrics
 from server.repository import ModelRepository
 from server.servicer import DetectorServicer
@@ -36,26 +35,6 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DetectorService"].full_name
 OVERALL_HEALTH = ""  # the health service's name for the server as a whole
 MIB = 1 << 20
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Settings of one server (the models come separately, as a ModelRepository)."""
-
-    batcher: BatcherConfig = field(default_factory=BatcherConfig)  # one batcher per model
-    decode_workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # shared pool
-    stream_window: int = 16  # requests of one StreamDetect processed at a time
-    max_message_mb: int = 64  # largest request or response message
-    metrics_port: int | None = None  # HTTP port of /metrics; None = off, 0 = any free port
-    metrics_host: str = "127.0.0.1"  # interface of the /metrics endpoint
-    grace_s: float = 10.0  # time calls in flight get to finish on shutdown
-
-    def __post_init__(self) -> None:
-        for name in ("decode_workers", "stream_window", "max_message_mb"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.grace_s < 0:
-            raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
 
 
 class DetectorServer:

@@ -16,7 +16,7 @@ A request's life, all on one asyncio event loop:
 5. the batch is stacked into one ``(B, S, S, 3)`` uint8 array (pinned host memory on
    CUDA) and runs as one forward in the model's own device thread
    (:meth:`~detector.predict.Detector.forward`), then one post-processing
-   (:meth:`~detector.predict.Detector.select`) per distinct set of thresholds;
+   (:meth:`~detector.predict.Detector.postprocess`) per distinct set of options;
 6. each caller's future gets its own :class:`Detections`. If a batch fails as a whole,
    its images are retried one by one, so a request that breaks the model fails alone.
 """
@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -38,10 +38,10 @@ import torch
 
 from detector.boxes import Letterbox
 from detector.encoding import Decoded
-from detector.postprocess import check_thresholds
-from detector.predict import Detections
+from detector.settings import Detections, DetectOptions, class_ids
+from server.config import BatcherConfig
 from server.errors import BatcherClosedError, DeadlineExpiredError, InferenceError, QueueFullError
-from server.images import DEFAULT_MAX_PIXELS, ImageSource, decode_image
+from server.images import ImageSource, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,8 @@ class BatchModel(Protocol):
         """One device forward of a ``(B, S, S, 3)`` uint8 batch."""
         ...
 
-    def select(
-        self,
-        decoded: Decoded,
-        letterboxes: Sequence[Letterbox],
-        score_threshold: float,
-        iou_threshold: float,
-        max_detections: int,
-        classes: Sequence[int] | None,
+    def postprocess(
+        self, decoded: Decoded, letterboxes: Sequence[Letterbox], options: DetectOptions
     ) -> list[Detections]:
         """Post-process ``decoded`` (from :meth:`forward`) with one set of options."""
         ...
@@ -107,39 +101,6 @@ class NullObserver:
 
 # Reasons a request is dropped without running (the ``reason`` of BatchObserver.dropped).
 DROP_QUEUE_FULL, DROP_DEADLINE, DROP_CANCELLED = "queue_full", "deadline", "cancelled"
-
-
-@dataclass(frozen=True)
-class BatcherConfig:
-    """Settings of one model's batcher."""
-
-    max_batch: int = 8  # most images in one forward pass
-    max_delay_ms: float = 5.0  # a batch closes at most this long after its first request
-    max_queue: int = 64  # requests admitted and not yet running; more -> QueueFullError
-    max_pixels: int = DEFAULT_MAX_PIXELS  # width * height above which an image is refused
-
-    def __post_init__(self) -> None:
-        if self.max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
-        if not self.max_delay_ms >= 0:
-            raise ValueError(f"max_delay_ms must be >= 0, got {self.max_delay_ms}")
-        if self.max_queue < 1:
-            raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
-        if self.max_pixels < 1:
-            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
-
-
-@dataclass(frozen=True)
-class DetectOptions:
-    """Per-request settings; requests with equal options share one ``infer`` call."""
-
-    score_threshold: float = 0.25  # in [0, 1]
-    iou_threshold: float = 0.45  # in [0, 1]
-    max_detections: int = 300  # >= 1
-    classes: tuple[int, ...] | None = None  # class ids to keep; None = all
-
-    def __post_init__(self) -> None:
-        check_thresholds(self.score_threshold, self.iou_threshold, self.max_detections)
 
 
 @dataclass(frozen=True)
@@ -232,18 +193,19 @@ class Batcher:
 
         Args:
             image: the request image (see :func:`server.images.decode_image`).
-            options: thresholds and class filter; class ids must exist in the model.
+            options: thresholds and class filter (ids or names of the model's classes);
+                requests with equal options share one post-processing.
             deadline: ``time.monotonic()`` seconds after which the request is not run.
 
         Raises:
             QueueFullError, DeadlineExpiredError, BatcherClosedError: not run.
             ImageError: the image cannot be used.
-            ValueError: a class id outside the model's classes.
+            ValueError: a class the model does not have.
             InferenceError: the model failed on this image.
         """
         if self._closing:
             raise BatcherClosedError(f"model {self.model.name!r} is shutting down")
-        self._check_classes(options.classes)
+        options = replace(options, classes=class_ids(options.classes, self.model.names))
         if self.depth >= self.config.max_queue:
             self._observer.dropped(DROP_QUEUE_FULL)
             raise QueueFullError(
@@ -281,14 +243,6 @@ class Batcher:
                 self._observer.queue_depth(self.depth)
             self._observer.dropped(DROP_CANCELLED)
             raise
-
-    def _check_classes(self, classes: tuple[int, ...] | None) -> None:
-        num_classes = len(self.model.names)
-        bad = [c for c in classes or () if not 0 <= c < num_classes]
-        if bad:
-            raise ValueError(
-                f"class ids {bad} are outside [0, {num_classes}) of model {self.model.name!r}"
-            )
 
     def _check_deadline(self, deadline: float | None) -> None:
         if deadline is not None and time.monotonic() >= deadline:
@@ -393,14 +347,7 @@ class Batcher:
             return InferenceError(f"model {self.model.name!r} failed on this image: {err}")
 
     def _select(self, decoded, items: list[_Pending], options: DetectOptions) -> list[Detections]:
-        return self.model.select(
-            decoded,
-            [item.letterbox for item in items],
-            options.score_threshold,
-            options.iou_threshold,
-            options.max_detections,
-            options.classes,
-        )
+        return self.model.postprocess(decoded, [item.letterbox for item in items], options)
 
     def _stack(self, images: list[np.ndarray]) -> np.ndarray | torch.Tensor:
         """``(B, S, S, 3)`` uint8; on CUDA a view of a reused pinned buffer."""

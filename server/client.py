@@ -7,7 +7,7 @@
             ...
 
 Images are ``(H, W[, C])`` uint8 RGB arrays (sent as raw pixels), the bytes of an image
-file, or a file path (both sent encoded). Answers are :class:`detector.predict.Detections`,
+file, or a file path (both sent encoded). Answers are :class:`detector.settings.Detections`,
 the type ``Detector.detect`` returns, in the original image's pixels. A failed call
 raises :class:`RemoteError` with the gRPC status code and the server's message.
 """
@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from detector.predict import Detections
+from detector.settings import Detections
 from proto.detector.v1 import detector_pb2 as pb
 from proto.detector.v1 import detector_pb2_grpc as pb_grpc
 from server.convert import (

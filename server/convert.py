@@ -6,14 +6,17 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from detector.predict import Detections
+from detector.settings import Detections, DetectOptions
 from proto.detector.v1 import detector_pb2 as pb
-from server.batcher import DetectOptions, Timings
-from server.images import ImageSource, RawPixels
-from server.repository import ServedModel
+
+if TYPE_CHECKING:  # the server's side; the client imports this module without them
+    from server.batcher import Timings
+    from server.images import ImageSource
+    from server.repository import ServedModel
 
 MS_PER_S = 1000.0
 LANDMARK_COLUMNS = 3  # x, y, visibility
@@ -50,6 +53,8 @@ def image_to_proto(image: ImageLike) -> pb.Image:
 
 def image_from_proto(image: pb.Image) -> ImageSource:
     """The request image for :meth:`server.batcher.Batcher.submit`."""
+    from server.images import RawPixels
+
     kind = image.WhichOneof("data")
     if kind == "encoded":
         return image.encoded
@@ -59,27 +64,18 @@ def image_from_proto(image: pb.Image) -> ImageSource:
     raise ValueError("the request has no image: set image.encoded or image.raw")
 
 
-def options_from_request(request: pb.DetectRequest, model: ServedModel) -> DetectOptions:
-    """The request's settings, the model's defaults where unset.
+def options_from_request(request: pb.DetectRequest, defaults: DetectOptions) -> DetectOptions:
+    """The request's settings, ``defaults`` (the served model's) where unset. Class ids
+    and names are checked against the model by the batcher.
 
     Raises:
-        ValueError: a threshold outside [0, 1], or an unknown class id or name.
+        ValueError: a threshold outside [0, 1].
     """
-    score = request.score_threshold if request.HasField("score_threshold") else None
-    iou = request.iou_threshold if request.HasField("iou_threshold") else None
-    classes: tuple[int, ...] | None = None
-    if request.class_ids or request.class_names:
-        names = model.detector.names
-        unknown = [name for name in request.class_names if name not in names]
-        if unknown:
-            raise ValueError(f"unknown class names {unknown}; model {model.name!r} has {names}")
-        ids = [*request.class_ids, *(names.index(name) for name in request.class_names)]
-        classes = tuple(sorted(set(ids)))
-    return DetectOptions(
-        score_threshold=model.score_threshold if score is None else score,
-        iou_threshold=model.iou_threshold if iou is None else iou,
-        max_detections=request.max_detections or model.max_detections,
-        classes=classes,
+    return defaults.with_changes(
+        score_threshold=request.score_threshold if request.HasField("score_threshold") else None,
+        iou_threshold=request.iou_threshold if request.HasField("iou_threshold") else None,
+        max_detections=request.max_detections or None,
+        classes=(*request.class_ids, *request.class_names) or None,
     )
 
 
@@ -199,9 +195,9 @@ def model_info_to_proto(model: ServedModel, is_default: bool) -> pb.ModelInfo:
         landmark_names=list(config.landmark_names),
         num_landmarks=config.num_landmarks,
         sha256=model.sha256,
-        default_score_threshold=model.score_threshold,
-        default_iou_threshold=model.iou_threshold,
-        default_max_detections=model.max_detections,
+        default_score_threshold=model.options.score_threshold,
+        default_iou_threshold=model.options.iou_threshold,
+        default_max_detections=model.options.max_detections,
         is_default=is_default,
     )
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from detector.predict import as_rgb_image
+from detector.settings import as_rgb_image
+from server.config import DEFAULT_MAX_PIXELS
 
-DEFAULT_MAX_PIXELS = 8192 * 8192  # width * height above which an image is refused
 RAW_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -8,12 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detector.predict import DEFAULT_MODEL, MODEL_SUFFIX, Detector
+from detector.settings import DEFAULT_OPTIONS, DetectOptions
 from server.errors import ModelNotFoundError
 
-# Defaults of a request's settings; they mirror Detector.detect's (a test checks).
-DEFAULT_SCORE_THRESHOLD = 0.25
-DEFAULT_IOU_THRESHOLD = 0.45
-DEFAULT_MAX_DETECTIONS = 300
 HASH_CHUNK_BYTES = 1 << 20
 
 
@@ -24,9 +21,7 @@ class ServedModel:
     name: str
     detector: Detector
     sha256: str = ""  # of the model file, hex; empty when not loaded from a file
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD
-    iou_threshold: float = DEFAULT_IOU_THRESHOLD
-    max_detections: int = DEFAULT_MAX_DETECTIONS
+    options: DetectOptions = DEFAULT_OPTIONS  # for a request that sets none
 
 
 class ModelRepository:

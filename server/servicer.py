@@ -181,7 +181,7 @@ class DetectorServicer(pb_grpc.DetectorServiceServicer):
     async def _detect(self, request: pb.DetectRequest, deadline: float | None) -> pb.DetectResponse:
         arrival = time.monotonic()
         model = self._repository.get(request.model)
-        options = options_from_request(request, model)
+        options = options_from_request(request, model.options)
         image = image_from_proto(request.image)
         result = await self._batchers[model.name].submit(image, options, deadline)
         return response_to_proto(

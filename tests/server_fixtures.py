@@ -17,7 +17,8 @@ import torch
 from detector.checkpoint import Checkpoint
 from detector.config import ModelConfig
 from detector.models.yolo import YOLODetector
-from detector.predict import Detections, Detector
+from detector.predict import Detector
+from detector.settings import Detections
 from server.app import DetectorServer, ServerConfig, create_server
 from server.batcher import BatcherConfig
 from server.repository import ModelRepository

@@ -20,8 +20,9 @@ from detector.boxes import Letterbox, letterbox_image
 from detector.checkpoint import Checkpoint
 from detector.config import ModelConfig
 from detector.models.yolo import YOLODetector
-from detector.predict import Detections, Detector
-from server.batcher import Batcher, BatcherConfig, DetectOptions
+from detector.predict import Detector
+from detector.settings import Detections, DetectOptions
+from server.batcher import Batcher, BatcherConfig
 from server.errors import (
     BatcherClosedError,
     DeadlineExpiredError,
@@ -71,14 +72,8 @@ class FakeModel:
         self.seen.extend(values)
         return FakeDecoded(values)
 
-    def select(
-        self,
-        decoded: FakeDecoded,
-        letterboxes: Sequence[Letterbox],
-        score_threshold: float,
-        iou_threshold: float,
-        max_detections: int,
-        classes: Sequence[int] | None,
+    def postprocess(
+        self, decoded: FakeDecoded, letterboxes: Sequence[Letterbox], options: DetectOptions
     ) -> list[Detections]:
         results = []
         for value, lb in zip(decoded.values, letterboxes, strict=True):
@@ -359,7 +354,7 @@ def test_pixel_limit_and_class_ids_are_checked_before_queueing():
         async with open_batcher(model, max_pixels=100) as batcher:
             with pytest.raises(ImageError, match="above the server's limit of 100 pixels"):
                 await batcher.submit(image(1, 20, 30), LOW)
-            with pytest.raises(ValueError, match=r"class ids \[3\] are outside \[0, 3\)"):
+            with pytest.raises(ValueError, match=r"class id 3 is outside \[0, 3\)"):
                 await batcher.submit(image(1, 5, 5), DetectOptions(classes=(0, 3)))
 
     run(main())
@@ -378,9 +373,7 @@ def test_requests_with_different_options_share_a_batch_and_keep_their_options(de
             )
 
     for result, im, opt in zip(run(main()), images, options, strict=True):
-        want = detector.detect(
-            [im], opt.score_threshold, opt.iou_threshold, opt.max_detections, opt.classes
-        )[0]
+        want = detector.detect([im], opt)[0]
         assert_same(result.detections, want)
         assert result.timings.batch_size == 4
 

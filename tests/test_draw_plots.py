@@ -19,7 +19,7 @@ from detector.plots import (
     read_results_csv,
     training_plots,
 )
-from detector.predict import Detections
+from detector.settings import Detections
 
 HEIGHT, WIDTH = 200, 240
 MARGIN = 40  # pixels around a box where its outline, tag and dots may land

@@ -13,17 +13,16 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detector import validate as validate_module
 from detector.checkpoint import Checkpoint
 from detector.cli import main
-from detector.commands import eval as eval_command
 from detector.commands.eval import align_classes, class_warning
 from detector.config import MODEL_SIZES, ModelConfig
 from detector.data.formats import load_dataset, write_yolo
 from detector.data.types import DatasetInfo, Sample
 from detector.evaluate import SUMMARY_FIELDS
 from detector.models.yolo import YOLODetector
-from detector.predict import Detections, Detector
+from detector.predict import Detector
+from detector.settings import Detections
 
 INPUT_SIZE = 96
 NUM_IMAGES = 6
@@ -92,12 +91,6 @@ def _as_number(value) -> float:
     return -1.0 if value is None else value  # pycocotools' "undefined"
 
 
-def test_cli_defaults_match_the_library():
-    assert eval_command.DEFAULT_SCORE_THRESHOLD == validate_module.EVAL_SCORE_THRESHOLD
-    assert eval_command.DEFAULT_IOU_THRESHOLD == validate_module.EVAL_IOU_THRESHOLD
-    assert eval_command.DEFAULT_MAX_DETECTIONS == validate_module.EVAL_MAX_DETECTIONS
-
-
 class OracleDetector(Detector):
     """Jittered ground truth with some wrong classes and one false positive per image:
     an imperfect detector with known inputs. Answers samples in the split's order."""
@@ -108,7 +101,7 @@ class OracleDetector(Detector):
         self.queue = list(samples)
         self.rng = np.random.default_rng(0)
 
-    def infer(self, batch, letterboxes, *args, **kwargs):
+    def postprocess(self, decoded, letterboxes, options):
         return [self._answer(self.queue.pop(0)) for _ in letterboxes]
 
     def _answer(self, sample) -> Detections:

@@ -84,7 +84,7 @@ def test_overfits_one_image(assign):
     # weights were fitted to (running averages over a 4×4 map differ by the unbiased
     # variance's 16/15); this test is about encoding, loss and decoding agreeing.
     with torch.no_grad():
-        dets = select_detections(decode(model(image), config), 0.3, 0.45)[0]
+        dets = select_detections(decode(model(image), config), 0.3, 0.45, 300)[0]
     assert len(dets.boxes) == 3, dets
     iou = box_iou(dets.boxes, boxes)
     best, which = iou.max(0)

@@ -15,12 +15,14 @@ import pytest
 import torch
 
 from detector import predict
-from detector.boxes import box_iou
+from detector.boxes import LETTERBOX_PAD_VALUE, box_iou
 from detector.checkpoint import Checkpoint
 from detector.config import ModelConfig
+from detector.device import resolve_device
 from detector.encoding import CLS, OBJ
 from detector.models.yolo import YOLODetector
-from detector.predict import Detections, Detector
+from detector.predict import Detector
+from detector.settings import Detections, DetectOptions
 
 INPUT = 64  # side of the random model's input
 NAMES = ("cat", "dog", "bird")
@@ -116,7 +118,9 @@ def test_mixed_size_batch_equals_one_at_a_time(detector):
 
 
 def test_boxes_lie_in_their_image_and_scores_decrease(detector):
-    for image, det in zip(mixed_images(), detector.detect(mixed_images(), LOW_SCORE), strict=True):
+    for image, det in zip(
+        mixed_images(), detector.detect(mixed_images(), score_threshold=LOW_SCORE), strict=True
+    ):
         h, w = image.shape[:2]
         assert (det.boxes[:, [0, 2]] >= 0).all() and (det.boxes[:, [0, 2]] <= w).all()
         assert (det.boxes[:, [1, 3]] >= 0).all() and (det.boxes[:, [1, 3]] <= h).all()
@@ -139,11 +143,13 @@ def test_padded_and_scaled_copies_map_to_consistent_boxes(detector, orientation)
     small = noise((*shape, 3), seed=7)
     offset = (INPUT - short_side) // 2
     pad_y, pad_x = (offset, 0) if orientation == "landscape" else (0, offset)
-    square = np.full((INPUT, INPUT, 3), predict.PAD_VALUE, np.uint8)
+    square = np.full((INPUT, INPUT, 3), LETTERBOX_PAD_VALUE, np.uint8)
     square[pad_y : pad_y + shape[0], pad_x : pad_x + shape[1]] = small
     double = np.repeat(np.repeat(small, 2, axis=0), 2, axis=1)
 
-    det_small, det_square, det_double = detector.detect([small, square, double], LOW_SCORE)
+    det_small, det_square, det_double = detector.detect(
+        [small, square, double], score_threshold=LOW_SCORE
+    )
     assert len(det_small) > 0
     # The square's boxes, clipped to where small's content lies, shifted back.
     shifted = det_square.boxes.copy()
@@ -161,9 +167,9 @@ def test_padded_and_scaled_copies_map_to_consistent_boxes(detector, orientation)
 
 def test_class_filter_equals_filtering_the_unfiltered_output(detector):
     images = mixed_images()
-    everything = detector.detect(images, LOW_SCORE)
+    everything = detector.detect(images, score_threshold=LOW_SCORE)
     for classes, ids in (([1], [1]), (["cat", "bird"], [0, 2]), ([np.int64(2), "dog"], [1, 2])):
-        filtered = detector.detect(images, LOW_SCORE, classes=classes)
+        filtered = detector.detect(images, score_threshold=LOW_SCORE, classes=classes)
         for full, det in zip(everything, filtered, strict=True):
             keep = np.isin(full.class_ids, ids)
             assert set(det.class_ids.tolist()) <= set(ids)
@@ -176,15 +182,15 @@ def test_class_filter_equals_filtering_the_unfiltered_output(detector):
 def test_class_filter_rejects_unknown_classes(detector):
     with pytest.raises(ValueError, match="unknown class 'horse'"):
         detector.detect([noise((8, 8, 3), 0)], classes=["horse"])
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match=r"class id 3 is outside \[0, 3\)"):
         detector.detect([noise((8, 8, 3), 0)], classes=[3])
 
 
 def test_max_detections_keeps_the_best(detector):
     image = [noise((64, 64, 3), 3)]
-    everything = detector.detect(image, LOW_SCORE)[0]
+    everything = detector.detect(image, score_threshold=LOW_SCORE)[0]
     assert len(everything) > 2
-    top = detector.detect(image, LOW_SCORE, max_detections=2)[0]
+    top = detector.detect(image, score_threshold=LOW_SCORE, max_detections=2)[0]
     np.testing.assert_allclose(top.boxes, everything.boxes[:2], atol=1e-5)
     np.testing.assert_allclose(top.scores, everything.scores[:2])
 
@@ -235,12 +241,12 @@ def test_no_detections_are_empty_typed_results(detector):
 
 def test_grayscale_and_alpha_images_are_accepted(detector):
     rgb_gray = np.repeat(noise((40, 50, 1), 4), 3, axis=2)
-    reference = detector.detect([rgb_gray], LOW_SCORE)[0]
+    reference = detector.detect([rgb_gray], score_threshold=LOW_SCORE)[0]
     assert len(reference) > 0
     gray2d = rgb_gray[:, :, 0].copy()
     gray3d = rgb_gray[:, :, :1].copy()
     alpha = np.concatenate([rgb_gray, noise((40, 50, 1), 9)], axis=2)
-    for det in detector.detect([gray2d, gray3d, alpha], LOW_SCORE):
+    for det in detector.detect([gray2d, gray3d, alpha], score_threshold=LOW_SCORE):
         assert_same(det, reference, atol=1e-5)
 
 
@@ -261,14 +267,17 @@ def test_unusable_images_are_value_errors_naming_the_image(detector, image, mess
     assert "images[1]" in str(info.value)
 
 
-def test_infer_checks_its_batch(detector):
-    letterboxed, letterbox = detector.preprocess(noise((20, 30, 3), 0))
+def test_the_three_stages_check_their_inputs_and_equal_detect(detector):
+    image = noise((20, 30, 3), 0)
+    letterboxed, letterbox = detector.preprocess(image)
     batch = letterboxed[None]  # (1, S, S, 3)
-    assert len(detector.infer(batch, [letterbox], LOW_SCORE)) == 1
+    options = DetectOptions(score_threshold=LOW_SCORE)
+    (staged,) = detector.postprocess(detector.forward(batch), [letterbox], options)
+    assert_same(staged, detector.detect([image], options)[0])
     with pytest.raises(ValueError, match="uint8"):
-        detector.infer(batch.astype(np.float32), [letterbox])
-    with pytest.raises(ValueError, match="one letterboxed image per letterbox"):
-        detector.infer(batch, [letterbox, letterbox])
+        detector.forward(batch.astype(np.float32))
+    with pytest.raises(ValueError, match="2 letterboxes for a batch of 1"):
+        detector.postprocess(detector.forward(batch), [letterbox, letterbox], options)
 
 
 def test_a_single_image_must_be_wrapped_in_a_list(detector):
@@ -282,7 +291,9 @@ def test_a_single_image_must_be_wrapped_in_a_list(detector):
 def test_landmark_model_gives_n_k_3_points(tmp_path):
     path = random_checkpoint(num_landmarks=LANDMARKS).save(tmp_path / "faces.safetensors")
     detector = Detector.load(path, device="cpu")
-    dets = detector.detect([noise((40, 70, 3), 5), noise((70, 40, 3), 6)], LOW_SCORE)
+    dets = detector.detect(
+        [noise((40, 70, 3), 5), noise((70, 40, 3), 6)], score_threshold=LOW_SCORE
+    )
     assert sum(len(d) for d in dets) > 0
     for det in dets:
         assert_typed(det, LANDMARKS)
@@ -295,7 +306,7 @@ def test_landmark_model_gives_n_k_3_points(tmp_path):
 
 
 def test_to_dict_is_plain_json_and_round_trips(detector):
-    det = detector.detect([noise((45, 70, 3), 2)], LOW_SCORE)[0]
+    det = detector.detect([noise((45, 70, 3), 2)], score_threshold=LOW_SCORE)[0]
     assert len(det) > 0
     record = det.to_dict()
     assert json.loads(det.to_json()) == record
@@ -331,13 +342,13 @@ def test_load_rejects_other_model_kinds(tmp_path):
 def test_auto_device_follows_cuda(model_path):
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert Detector.load(model_path).device.type == expected
-    assert predict.resolve_device("cpu").type == "cpu"
+    assert resolve_device("cpu").type == "cpu"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
 def test_asking_for_cuda_without_it_is_a_value_error():
     with pytest.raises(ValueError, match="CUDA is not available"):
-        predict.resolve_device("cuda")
+        resolve_device("cuda")
 
 
 # CPU and CUDA agree.
@@ -370,8 +381,8 @@ def test_cpu_and_cuda_agree(model_path):
     cpu = Detector.load(source, device="cpu")
     cuda = Detector.load(source, device="cuda")
     assert cuda.device.type == "cuda"
-    on_cpu = cpu.detect(images, threshold, iou_threshold)
-    on_cuda = cuda.detect(images, threshold, iou_threshold)
+    on_cpu = cpu.detect(images, score_threshold=threshold, iou_threshold=iou_threshold)
+    on_cuda = cuda.detect(images, score_threshold=threshold, iou_threshold=iou_threshold)
     assert sum(len(d) for d in on_cpu) > 0
     for a, b in zip(on_cpu, on_cuda, strict=True):
         assert a.image_size == b.image_size

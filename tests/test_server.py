@@ -4,7 +4,6 @@ the Python client and the ``detector client`` command."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import urllib.request
 
@@ -25,22 +24,14 @@ from server_fixtures import (
 )
 
 from detector import cli
-from detector.commands import serve as serve_command
 from detector.predict import Detector
 from proto.detector.v1 import detector_pb2 as pb
 from proto.detector.v1 import detector_pb2_grpc as pb_grpc
-from server.app import SERVICE_NAME, ServerConfig
+from server.app import SERVICE_NAME
 from server.batcher import BatcherConfig
 from server.client import DetectorClient
 from server.convert import detections_from_proto, request_to_proto
-from server.images import DEFAULT_MAX_PIXELS
-from server.repository import (
-    DEFAULT_IOU_THRESHOLD,
-    DEFAULT_MAX_DETECTIONS,
-    DEFAULT_SCORE_THRESHOLD,
-    ModelRepository,
-    file_sha256,
-)
+from server.repository import ModelRepository, file_sha256
 
 CONCURRENT_CALLS = 64
 
@@ -234,21 +225,6 @@ def test_cli_client_detect_and_models(repository, reference, tmp_path, capsys):
         assert line == {"image": line["image"], **want(reference["m"], image).to_dict()}
     assert "pets: grid, input 64, 2 classes ['cat', 'dog']" in after.out
     assert "NOT_FOUND" in after.err and "'nope'" in after.err
-
-
-def test_cli_and_library_defaults_agree():
-    batcher, server = BatcherConfig(), ServerConfig()
-    assert batcher.max_batch == serve_command.DEFAULT_MAX_BATCH
-    assert batcher.max_delay_ms == serve_command.DEFAULT_MAX_DELAY_MS
-    assert batcher.max_queue == serve_command.DEFAULT_MAX_QUEUE
-    assert serve_command.DEFAULT_MAX_PIXELS == batcher.max_pixels == DEFAULT_MAX_PIXELS
-    assert server.stream_window == serve_command.DEFAULT_STREAM_WINDOW
-    assert server.max_message_mb == serve_command.DEFAULT_MAX_MESSAGE_MB
-    assert server.grace_s == serve_command.DEFAULT_GRACE_S
-    defaults = inspect.signature(Detector.detect).parameters
-    assert defaults["score_threshold"].default == DEFAULT_SCORE_THRESHOLD
-    assert defaults["iou_threshold"].default == DEFAULT_IOU_THRESHOLD
-    assert defaults["max_detections"].default == DEFAULT_MAX_DETECTIONS
 
 
 def test_request_defaults_come_from_the_model(repository, reference):

@@ -87,7 +87,7 @@ BAD_REQUESTS = {
         pb.DetectRequest(image=GOOD_IMAGE, score_threshold=float("nan")),
         "score_threshold",
     ),
-    "class id": (pb.DetectRequest(image=GOOD_IMAGE, class_ids=[7]), r"class ids [7] are outside"),
+    "class id": (pb.DetectRequest(image=GOOD_IMAGE, class_ids=[7]), r"class id 7 is outside"),
     "class name": (pb.DetectRequest(image=GOOD_IMAGE, class_names=["zebra"]), "'zebra'"),
 }
 

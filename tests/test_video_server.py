@@ -25,6 +25,7 @@ from detector.commands import video as video_command
 from detector.data.moving_digits import MovingDigitsConfig, moving_digits
 from detector.data.synthetic import DigitSource
 from detector.predict import Detector
+from detector.settings import DetectOptions
 from detector.video import DetectError, VideoOptions
 from detector.video_jobs import plan_jobs, process_videos, read_video
 from server.app import ServerConfig, create_server
@@ -102,7 +103,9 @@ def test_video_through_the_server_equals_the_local_model(clip, address, model_di
     assert len(frames) == len(list(read_video(out))) == FRAMES
     records = read_jsonl(out.with_suffix(".jsonl"))
     assert [r["index"] for r in records] == list(range(FRAMES))
-    local = Detector.load(model_dir / "m.safetensors", "cpu").detect(frames, CONF, IOU, MAX_DET)
+    local = Detector.load(model_dir / "m.safetensors", "cpu").detect(
+        frames, DetectOptions(CONF, IOU, MAX_DET)
+    )
     assert sum(len(d) for d in local) > 0
     for record, want in zip(records, local, strict=True):
         expected = want.to_dict()
@@ -118,14 +121,16 @@ def test_video_through_the_server_equals_the_local_model(clip, address, model_di
 
 def test_remote_detect_fn_uses_the_named_model(address, model_dir):
     frames = [f for f, _, _ in moving_digits(DigitSource.load("val"), 3, SIZE, seed=1)]
-    local = Detector.load(model_dir / "pets.safetensors", "cpu").detect(frames, 0.0, IOU, MAX_DET)
+    local = Detector.load(model_dir / "pets.safetensors", "cpu").detect(
+        frames, score_threshold=0.0, iou_threshold=IOU, max_detections=MAX_DET
+    )
     with DetectorClient(address, timeout=WAIT_S) as client:
         assert video_command.served_model(client) == "m"  # the server's default
     # One wait for readiness per client: a second one on a connected channel leaves grpc
     # polling it, and closing the channel then raises in grpc's polling thread.
     with DetectorClient(address, timeout=WAIT_S) as client:
         assert video_command.served_model(client, "pets") == "pets"
-        detect = video_command.remote_detect_fn(client, "pets", 0.0, IOU, MAX_DET)
+        detect = video_command.remote_detect_fn(client, "pets", DetectOptions(0.0, IOU, MAX_DET))
         for got, want in zip(detect(frames), local, strict=True):
             assert_same(got, want)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from detector.settings import DetectOptions
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Keep the description's layout and show each option's default, when it has one
@@ -13,3 +15,31 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         if action.default is None or isinstance(action.default, bool):
             return action.help
         return super()._get_help_string(action)
+
+
+def add_detect_options(
+    parser: argparse.ArgumentParser, defaults: DetectOptions, per: str = "image"
+) -> None:
+    """``--conf``, ``--iou`` and ``--max-det``, with ``defaults`` (see
+    :func:`detect_options`)."""
+    parser.add_argument(
+        "--conf",
+        type=float,
+        default=defaults.score_threshold,
+        help="score threshold: boxes scoring at or below it are dropped",
+    )
+    parser.add_argument(
+        "--iou",
+        type=float,
+        default=defaults.iou_threshold,
+        help="NMS IoU threshold: a box overlapping a better one of its class this much is dropped",
+    )
+    parser.add_argument(
+        "--max-det", type=int, default=defaults.max_detections, help=f"most detections per {per}"
+    )
+
+
+def detect_options(args: argparse.Namespace) -> DetectOptions:
+    """The :class:`DetectOptions` of ``--conf``, ``--iou``, ``--max-det`` (and ``--classes``
+    where the command has it); ``ValueError`` for a bad value."""
+    return DetectOptions(args.conf, args.iou, args.max_det, getattr(args, "classes", None))

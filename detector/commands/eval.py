@@ -12,17 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from detector.commands import HelpFormatter
+from detector.commands import HelpFormatter, add_detect_options, detect_options
+from detector.settings import EVAL_OPTIONS
 
 if TYPE_CHECKING:
     from detector.data.types import DatasetInfo
-    from detector.predict import Detections
+    from detector.settings import Detections
 
-# The library's evaluation defaults (detector.validate), repeated here so that --help does
-# not import torch; tests check that they agree.
-DEFAULT_SCORE_THRESHOLD = 0.001
-DEFAULT_IOU_THRESHOLD = 0.6
-DEFAULT_MAX_DETECTIONS = 100
 GT_SUFFIX = ".gt.json"  # preds.json -> preds.gt.json: the ground truth to score against
 
 DESCRIPTION = """\
@@ -60,16 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="val", help="split to evaluate (ignored for COCO)")
     parser.add_argument("--batch", type=int, default=16, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument(
-        "--conf",
-        type=float,
-        default=DEFAULT_SCORE_THRESHOLD,
-        help="lowest score kept (keep it low: AP integrates over all scores)",
-    )
-    parser.add_argument("--iou", type=float, default=DEFAULT_IOU_THRESHOLD, help="NMS IoU")
-    parser.add_argument(
-        "--max-det", type=int, default=DEFAULT_MAX_DETECTIONS, help="most detections per image"
-    )
+    add_detect_options(parser, EVAL_OPTIONS)  # keep them low: AP integrates over all scores
     parser.add_argument("--workers", type=int, default=0, help="image loading processes")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the metrics as JSON")
     parser.add_argument(
@@ -220,9 +207,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch,
         workers=args.workers,
         progress=not args.quiet,
-        score_threshold=args.conf,
-        iou_threshold=args.iou,
-        max_detections=args.max_det,
+        options=detect_options(args),
     )
     seconds = time.perf_counter() - start
     result = validation.result

@@ -10,19 +10,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from detector.commands import HelpFormatter
+from detector.commands import HelpFormatter, add_detect_options, detect_options
+from detector.settings import DEFAULT_OPTIONS, DetectOptions
 
 if TYPE_CHECKING:
     import numpy as np
     from tqdm import tqdm
 
-    from detector.predict import Detections, Detector
+    from detector.predict import Detector
+    from detector.settings import Detections
 
-# The library's defaults (Detector.detect's thresholds), repeated here so that --help
-# does not import torch; tests check they agree.
-DEFAULT_CONF = 0.25
-DEFAULT_IOU = 0.45
-DEFAULT_MAX_DET = 300
 DEFAULT_BATCH = 8
 DEFAULT_SAVE_DIR = "runs/predict"
 STDOUT = "-"  # --json value meaning standard output
@@ -74,11 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="JSON-lines output file ('-': standard output)",
     )
-    parser.add_argument("--conf", type=float, default=DEFAULT_CONF, help="score threshold")
-    parser.add_argument("--iou", type=float, default=DEFAULT_IOU, help="NMS IoU threshold")
-    parser.add_argument(
-        "--max-det", type=int, default=DEFAULT_MAX_DET, help="most detections per image"
-    )
+    add_detect_options(parser, DEFAULT_OPTIONS, per="image")
     parser.add_argument(
         "--classes",
         nargs="+",
@@ -204,10 +197,10 @@ def run(args: argparse.Namespace) -> int:
     """Detect in every image; returns the exit code (see the description)."""
     from tqdm import tqdm
 
-    from detector.postprocess import check_thresholds
     from detector.predict import Detector
+    from detector.settings import class_ids
 
-    check_thresholds(args.conf, args.iou, args.max_det)
+    options = detect_options(args)
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     sources, problems = find_images(args.images)
@@ -217,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         print("error: no images to process", file=sys.stderr)
         return 1
     detector = Detector.load(args.weights, args.device)
-    detector.class_ids(args.classes)  # an unknown class fails before any work
+    class_ids(options.classes, detector.names)  # an unknown class fails before any work
     save_dir = None if args.no_save else Path(args.save_dir)
     targets = output_paths(sources, save_dir) if save_dir is not None else [None] * len(sources)
     show_progress = not args.quiet and len(sources) > PROGRESS_MIN_IMAGES
@@ -227,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         tqdm(total=len(sources), unit="image", disable=not show_progress) as bar,
     ):
         for batch in _batches(list(zip(sources, targets, strict=True)), args.batch):
-            done = _predict_batch(detector, batch, args, stream, bar)
+            done = _predict_batch(detector, options, batch, stream, bar)
             processed += len(done)
             detections += sum(len(d) for d in done)
             bar.update(len(batch))
@@ -243,8 +236,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _predict_batch(
     detector: Detector,
+    options: DetectOptions,
     batch: Sequence[tuple[Path, Path | None]],
-    args: argparse.Namespace,
     stream: IO[str],
     bar: tqdm,
 ) -> list[Detections]:
@@ -261,7 +254,7 @@ def _predict_batch(
         items.append((source, target))
     if not images:
         return []
-    results = detector.detect(images, args.conf, args.iou, args.max_det, args.classes)
+    results = detector.detect(images, options)
     for (source, target), image, det in zip(items, images, results, strict=True):
         if target is not None:
             try:

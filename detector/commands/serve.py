@@ -8,17 +8,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# The server's defaults (server.batcher.BatcherConfig, server.app.ServerConfig), repeated
-# here so that --help does not import torch; tests check that they agree.
-DEFAULT_PORT = 50051
-DEFAULT_MAX_BATCH = 8
-DEFAULT_MAX_DELAY_MS = 5.0
-DEFAULT_MAX_QUEUE = 64
-DEFAULT_MAX_PIXELS = 8192 * 8192
-DEFAULT_STREAM_WINDOW = 16
-DEFAULT_MAX_MESSAGE_MB = 64
-DEFAULT_GRACE_S = 10.0
+from server.config import DEFAULT_PORT, BatcherConfig, ServerConfig
+
 MAX_PORT = 65535
+BATCHER = BatcherConfig()  # defaults of the options (server.config, torch-free)
+SERVER = ServerConfig()
 
 DESCRIPTION = """\
 Serve every model file (*.safetensors) of a folder over gRPC (detector.v1.DetectorService),
@@ -63,27 +57,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-batch",
         type=int,
-        default=DEFAULT_MAX_BATCH,
-        help=f"most images per forward pass; 1 turns batching off (default: {DEFAULT_MAX_BATCH})",
+        default=BATCHER.max_batch,
+        help=f"most images per forward pass; 1 turns batching off (default: {BATCHER.max_batch})",
     )
     parser.add_argument(
         "--max-delay-ms",
         type=float,
-        default=DEFAULT_MAX_DELAY_MS,
+        default=BATCHER.max_delay_ms,
         help="longest a batch waits for more requests after its first "
-        f"(default: {DEFAULT_MAX_DELAY_MS:g})",
+        f"(default: {BATCHER.max_delay_ms:g})",
     )
     parser.add_argument(
         "--max-queue",
         type=int,
-        default=DEFAULT_MAX_QUEUE,
-        help=f"requests waiting per model before RESOURCE_EXHAUSTED (default: {DEFAULT_MAX_QUEUE})",
+        default=BATCHER.max_queue,
+        help=f"requests waiting per model before RESOURCE_EXHAUSTED (default: {BATCHER.max_queue})",
     )
     parser.add_argument(
         "--max-pixels",
         type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help=f"largest image, width x height pixels (default: {DEFAULT_MAX_PIXELS})",
+        default=BATCHER.max_pixels,
+        help=f"largest image, width x height pixels (default: {BATCHER.max_pixels})",
     )
     parser.add_argument(
         "--decode-workers",
@@ -94,14 +88,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stream-window",
         type=int,
-        default=DEFAULT_STREAM_WINDOW,
-        help=f"requests of one stream processed at a time (default: {DEFAULT_STREAM_WINDOW})",
+        default=SERVER.stream_window,
+        help=f"requests of one stream processed at a time (default: {SERVER.stream_window})",
     )
     parser.add_argument(
         "--max-message-mb",
         type=int,
-        default=DEFAULT_MAX_MESSAGE_MB,
-        help=f"largest message in MiB (default: {DEFAULT_MAX_MESSAGE_MB})",
+        default=SERVER.max_message_mb,
+        help=f"largest message in MiB (default: {SERVER.max_message_mb})",
     )
     parser.add_argument(
         "--metrics-port",
@@ -112,8 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grace",
         type=float,
-        default=DEFAULT_GRACE_S,
-        help=f"seconds calls in flight get to finish on shutdown (default: {DEFAULT_GRACE_S:g})",
+        default=SERVER.grace_s,
+        help=f"seconds calls in flight get to finish on shutdown (default: {SERVER.grace_s:g})",
     )
 
 
@@ -135,8 +129,7 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from detector.predict import WEIGHTS_DIR
-    from server.app import ServerConfig, serve
-    from server.batcher import BatcherConfig
+    from server.app import serve
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

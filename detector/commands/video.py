@@ -8,25 +8,23 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from detector.commands import HelpFormatter
+from detector.commands import HelpFormatter, add_detect_options, detect_options
+from detector.settings import DEFAULT_OPTIONS, DetectOptions
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from detector.predict import Detections
+    from detector.settings import Detections
     from detector.video import DetectFn, VideoOptions
     from detector.video_jobs import VideoJob
     from server.client import DetectorClient
 
-# The library's defaults (detector.video.VideoOptions, CODEC_SUFFIXES, and the detector's
-# thresholds), repeated here so that --help does not import torch; tests check they agree.
+# The library's defaults (detector.video.VideoOptions, CODEC_SUFFIXES), repeated here so
+# that --help does not import OpenCV; tests check they agree.
 DEFAULT_BATCH = 8
 DEFAULT_QUEUE = 32
 DEFAULT_CODEC = "mp4v"
 CODECS = ("mp4v", "MJPG", "XVID")
-DEFAULT_CONF = 0.25
-DEFAULT_IOU = 0.45
-DEFAULT_MAX_DET = 300
 DEFAULT_TIMEOUT_S = 30.0  # with --server: seconds one batch's StreamDetect call may take
 CONNECT_TIMEOUT_S = 5.0  # with --server: seconds to wait for the server to accept a connection
 MAX_PORT = 65535
@@ -130,11 +128,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="K",
         help="run the model on every K-th frame; the others carry its detections",
     )
-    parser.add_argument("--conf", type=float, default=DEFAULT_CONF, help="score threshold")
-    parser.add_argument("--iou", type=float, default=DEFAULT_IOU, help="NMS IoU threshold")
-    parser.add_argument(
-        "--max-det", type=int, default=DEFAULT_MAX_DET, help="most detections per frame"
-    )
+    add_detect_options(parser, DEFAULT_OPTIONS, per="frame")
     parser.add_argument("--codec", default=DEFAULT_CODEC, choices=CODECS, help="output FourCC")
     parser.add_argument(
         "--queue",
@@ -183,9 +177,7 @@ def open_detect_fn(args: argparse.Namespace) -> Iterator[tuple[DetectFn, str]]:
         raise ValueError(f"--timeout must be > 0, got {args.timeout}")
     model = args.model or ""
     with DetectorClient(args.server, timeout=args.timeout) as client:
-        detect_fn = remote_detect_fn(
-            client, model, args.conf, args.iou, args.max_det, timeout=args.timeout
-        )
+        detect_fn = remote_detect_fn(client, model, detect_options(args), timeout=args.timeout)
         name = served_model(client, model)
         yield detect_fn, f"model {name} on server {args.server}"
 
@@ -200,7 +192,7 @@ def build_detect_fn(args: argparse.Namespace) -> tuple[DetectFn, str]:
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
     detector = Detector.load(args.weights, args.device)
-    detect_fn = local_detect_fn(detector, args.conf, args.iou, args.max_det)
+    detect_fn = local_detect_fn(detector, detect_options(args))
     where = str(detector.device)
     if detector.device.type == "cpu":
         torch.set_num_threads(args.threads or model_threads())
@@ -234,9 +226,7 @@ def served_model(client: DetectorClient, model: str = "") -> str:
 def remote_detect_fn(
     client: DetectorClient,
     model: str = "",
-    score_threshold: float = DEFAULT_CONF,
-    iou_threshold: float = DEFAULT_IOU,
-    max_detections: int = DEFAULT_MAX_DET,
+    options: DetectOptions = DEFAULT_OPTIONS,
     timeout: float | None = DEFAULT_TIMEOUT_S,
 ) -> DetectFn:
     """A :data:`~detector.video.DetectFn` that sends each batch of frames through one
@@ -244,19 +234,17 @@ def remote_detect_fn(
     (``""``: the server's default). A failed call raises
     :class:`~detector.video.DetectError`.
     """
-    from detector.postprocess import check_thresholds
     from detector.video import DetectError
     from server.client import RemoteError
-
-    check_thresholds(score_threshold, iou_threshold, max_detections)
 
     def detect(frames: list[np.ndarray]) -> list[Detections]:
         stream = client.stream_detect(
             iter(frames),
             model=model,
-            score_threshold=score_threshold,
-            iou_threshold=iou_threshold,
-            max_detections=max_detections,
+            score_threshold=options.score_threshold,
+            iou_threshold=options.iou_threshold,
+            max_detections=options.max_detections,
+            classes=options.classes,
             timeout=timeout,
         )
         try:

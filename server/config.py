@@ -1,0 +1,50 @@
+"""The server's settings: torch- and grpc-free, so ``detector serve --help`` shows their
+defaults without loading the model stack."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_PORT = 50051
+DEFAULT_MAX_PIXELS = 8192 * 8192  # width * height above which an image is refused
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    """Settings of one model's batcher."""
+
+    max_batch: int = 8  # most images in one forward pass
+    max_delay_ms: float = 5.0  # a batch closes at most this long after its first request
+    max_queue: int = 64  # requests admitted and not yet running; more -> QueueFullError
+    max_pixels: int = DEFAULT_MAX_PIXELS  # width * height above which an image is refused
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if not self.max_delay_ms >= 0:
+            raise ValueError(f"max_delay_ms must be >= 0, got {self.max_delay_ms}")
+        if self.max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings of one server (the models come separately, as a ModelRepository)."""
+
+    batcher: BatcherConfig = field(default_factory=BatcherConfig)  # one batcher per model
+    decode_workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # shared pool
+    stream_window: int = 16  # requests of one StreamDetect processed at a time
+    max_message_mb: int = 64  # largest request or response message
+    metrics_port: int | None = None  # HTTP port of /metrics; None = off, 0 = any free port
+    metrics_host: str = "127.0.0.1"  # interface of the /metrics endpoint
+    grace_s: float = 10.0  # time calls in flight get to finish on shutdown
+
+    def __post_init__(self) -> None:
+        for name in ("decode_workers", "stream_window", "max_message_mb"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.grace_s < 0:
+            raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")

@@ -89,7 +89,7 @@ class DetectionLoss(nn.Module):
             num_pos = int(pos.sum())
             if num_pos:
                 num_pos_total += num_pos
-                cxcywh, _, _, lm = decode_scale(raw, self.anchors[i], self.config.strides[i], c)
+                cxcywh, _, _, _ = decode_scale(raw, self.anchors[i], self.config.strides[i], c)
                 pred_xyxy = _cxcywh_to_xyxy(cxcywh[pos])  # (P, 4)
                 true_xyxy = _cxcywh_to_xyxy(target[..., 0:4][pos])  # (P, 4)
                 ciou_loss = complete_box_iou_loss(pred_xyxy, true_xyxy, reduction="none")
@@ -106,20 +106,9 @@ class DetectionLoss(nn.Module):
                     / c
                 )
                 if k:
-                    lm_mask = targets.landmark_mask[i][pos]  # (P, K)
-                    if lm_mask.any():
-                        stride = self.config.strides[i]
-                        cells = grid_cells(raw.shape[1], raw.shape[2], device)
-                        anc = self.anchors[i]
-                        centre = ((cells + 0.5) * stride).expand(*raw.shape[:3], -1, 2)[pos]
-                        anchor_wh = anc.expand(*raw.shape[:3], -1, 2)[pos]  # (P, 2)
-                        true_lm = target[..., CLS + c :].reshape(*raw.shape[:4], k, 2)[pos]
-                        true_t = (true_lm - centre[:, None]) / anchor_wh[:, None]
-                        pred_t = raw[..., CLS + c :].reshape(*raw.shape[:4], k, 2)[pos]
-                        err = F.smooth_l1_loss(pred_t, true_t, reduction="none").sum(-1)
-                        lm_loss = (
-                            lm_loss + (err * lm_mask).sum() / lm_mask.sum().clamp(min=1) * num_pos
-                        )
+                    lm_loss = lm_loss + self._landmark_term(
+                        raw, target, targets.landmark_mask[i], pos, i
+                    )
             defined = state != IGNORED
             obj_bce = F.binary_cross_entropy_with_logits(
                 raw[..., OBJ][defined], obj_target[defined], reduction="mean"
@@ -141,3 +130,40 @@ class DetectionLoss(nn.Module):
             float(lm_loss.detach()),
         )
         return total, items
+
+    def _landmark_term(
+        self,
+        raw: torch.Tensor,
+        target: torch.Tensor,
+        landmark_mask: torch.Tensor,
+        pos: torch.Tensor,
+        scale: int,
+    ) -> torch.Tensor:
+        """One scale's landmark term, before the division by the batch's positives.
+
+        Smooth-L1 (β = 1) between the raw offsets and the target offsets, both in anchor
+        units from the cell centre (the inverse of :func:`decode_scale`), summed over x and
+        y, averaged over the labelled points of this scale's positives and weighted by the
+        number of positives ``P``: ``P · Σ mask·err / Σ mask`` (0 where nothing is labelled).
+
+        Args:
+            raw: ``(B, H, W, A, D)`` raw head output (float32).
+            target: ``(B, H, W, A, D)`` targets; landmarks ``x, y`` in input pixels.
+            landmark_mask: ``(B, H, W, A, K)`` bool, True where a point is labelled.
+            pos: ``(B, H, W, A)`` bool positives.
+            scale: index of this scale's stride.
+        """
+        c, k = self.config.num_classes, self.config.num_landmarks
+        mask = landmark_mask[pos]  # (P, K)
+        if not mask.any():
+            return torch.zeros((), device=raw.device)
+        stride = self.config.strides[scale]
+        slots = raw.shape[:4]  # (B, H, W, A)
+        cells = grid_cells(raw.shape[1], raw.shape[2], raw.device)  # (H, W, 1, 2)
+        centre = ((cells + 0.5) * stride).expand(*slots, 2)[pos]  # (P, 2)
+        anchor_wh = self.anchors[scale].expand(*slots, 2)[pos]  # (P, 2)
+        true_lm = target[..., CLS + c :].reshape(*slots, k, 2)[pos]  # (P, K, 2)
+        true_t = (true_lm - centre[:, None]) / anchor_wh[:, None]  # (P, K, 2)
+        pred_t = raw[..., CLS + c :].reshape(*slots, k, 2)[pos]  # (P, K, 2)
+        err = F.smooth_l1_loss(pred_t, true_t, reduction="none").sum(-1)  # (P, K)
+        return (err * mask).sum() / mask.sum() * len(mask)

@@ -34,6 +34,14 @@ Classes are matched by name when the model's and the dataset's class names diffe
 dataset classes the model lacks score 0. With no name in common but the same number
 of classes, class i of the model is scored as class i of the dataset.
 
+For a landmark model (K > 0 keypoints) on a dataset with keypoints, the output adds
+COCO keypoint AP / AP50 / AP75 (pycocotools, iouType "keypoints"; OKS sigmas from the
+data.yaml key kpt_sigmas, else COCO's face sigmas 0.025 0.025 0.026 0.025 0.025 for the
+5 face points, else 0.05 per point) and NME: the mean error of the labelled points of
+each ground truth's best-IoU detection of its class (IoU >= 0.5), divided by the
+inter-ocular distance (5-point face layout: kpt_names with eyes first, or K = 5) or
+else by the box diagonal; the output says which.
+
 --save-predictions P writes COCO results JSON (image id = position in the split + 1,
 category id = dataset class index + 1, as 'detector convert' writes COCO) and the
 split's ground truth next to it (P with .gt.json), so any COCO tool can score them:
@@ -173,6 +181,48 @@ def save_predictions(
     return results_path, gt_path
 
 
+def keypoint_settings(data: Path) -> tuple[list[str] | None, list[float] | None]:
+    """``kpt_names`` and ``kpt_sigmas`` of a YOLO data.yaml (or its folder); ``None`` for
+    what it does not give, and for other dataset kinds. ``kpt_names`` may also be a
+    per-class mapping (newer Ultralytics); the first class's list is taken."""
+    import yaml
+
+    path = data / "data.yaml" if data.is_dir() else data
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        return None, None
+    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    names = spec.get("kpt_names")
+    if isinstance(names, dict):
+        names = next(iter(names.values()), None)
+    sigmas = spec.get("kpt_sigmas")
+    if sigmas is not None and not (
+        isinstance(sigmas, list) and all(isinstance(v, int | float) and v > 0 for v in sigmas)
+    ):
+        raise ValueError(f"{path}: kpt_sigmas must be a list of positive numbers, got {sigmas}")
+    return ([str(n) for n in names] if names else None), sigmas
+
+
+def keypoint_result(
+    detections: Sequence[Detections],
+    info: DatasetInfo,
+    data: Path,
+    model_landmark_names: Sequence[str] = (),
+):
+    """Keypoint AP and NME (:mod:`detector.keypoint_metrics`) of ``detections`` against
+    ``info`` (already in the model's class indices, see :func:`evaluation_info`)."""
+    from detector.keypoint_metrics import keypoint_metrics
+
+    names, sigmas = keypoint_settings(data)
+    predictions = [(d.boxes, d.scores, d.class_ids, d.landmarks) for d in detections]
+    return keypoint_metrics(
+        info.samples,
+        predictions,
+        num_classes=len(info.names),
+        sigmas=sigmas,
+        keypoint_names=names or list(model_landmark_names) or None,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from detector.data.formats import load_dataset
     from detector.predict import Detector
@@ -213,6 +263,16 @@ def run(args: argparse.Namespace) -> int:
     result = validation.result
     print(f"evaluated {len(info.samples)} images in {seconds:.1f} s")
     print(result.format_table())
+    keypoints = None
+    if config.num_landmarks and info.kpt_shape:
+        keypoints = keypoint_result(
+            validation.detections,
+            evaluation_info(info, detector.names, alignment),
+            args.data,
+            config.landmark_names,
+        )
+        print()
+        print(keypoints.format_table())
 
     if args.json:
         record = result.to_dict() | {
@@ -223,6 +283,8 @@ def run(args: argparse.Namespace) -> int:
             "iou_threshold": args.iou,
             "max_detections": args.max_det,
         }
+        if keypoints is not None:
+            record["keypoints"] = keypoints.to_dict()
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=2), encoding="utf-8")
         print(f"metrics: {args.json}")

@@ -106,10 +106,13 @@ class LandmarkOracle:
         self.queue, self.shift = list(samples), np.asarray(shift, np.float32)
 
     def preprocess(self, image):
-        return image, None  # infer answers from the ground truth, in original pixels
+        return image, None  # postprocess answers from the ground truth, in original pixels
 
-    def infer(self, batch, letterboxes, *args, **kwargs):
-        from detector.predict import Detections
+    def forward(self, batch):
+        return batch
+
+    def postprocess(self, decoded, letterboxes, options):
+        from detector.settings import Detections
 
         out = []
         for _ in letterboxes:

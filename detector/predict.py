@@ -26,10 +26,13 @@ from detector.config import ModelConfig
 from detector.encoding import Decoded, decode
 from detector.models.yolo import YOLODetector
 from detector.postprocess import check_thresholds, select_detections
+from detector.weights import (  # noqa: F401  (MODEL_SUFFIX, WEIGHTS_DIR: re-exported)
+    DEFAULT_MODEL,
+    MODEL_SUFFIX,
+    WEIGHTS_DIR,
+    resolve_model_path,
+)
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"  # shipped models
-MODEL_SUFFIX = ".safetensors"
-DEFAULT_MODEL = "digits"
 PAD_VALUE = 114  # grey of the letterbox padding, as in training
 PREDICTED = 1.0  # landmark "visibility" column of a predicted point
 
@@ -90,21 +93,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for, but CUDA is not available here")
     return device
-
-
-def resolve_model_path(path_or_name: str | Path) -> Path:
-    """A model file path, or the name of a shipped model in ``weights/``."""
-    path = Path(path_or_name)
-    if path.is_file():
-        return path
-    shipped = WEIGHTS_DIR / f"{path_or_name}{MODEL_SUFFIX}"
-    if shipped.is_file():
-        return shipped
-    available = sorted(p.stem for p in WEIGHTS_DIR.glob(f"*{MODEL_SUFFIX}"))
-    raise FileNotFoundError(
-        f"no model file {str(path_or_name)!r} and no shipped model of that name "
-        f"(shipped: {', '.join(available) or 'none'})"
-    )
 
 
 def as_rgb_image(image: np.ndarray, name: str = "image") -> np.ndarray:

@@ -177,3 +177,15 @@ def progress(
 
         return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, file=file)
     return LineProgress(iterable, total=total, desc=desc, unit=unit, file=file)
+
+
+def write_message(text: str, file: TextIO | None = None) -> None:
+    """Print one line (standard error by default) without breaking a bar being drawn:
+    on a terminal through ``tqdm.write``, which clears and redraws the bars around it."""
+    stream = file or sys.stderr
+    if is_terminal(stream):
+        from tqdm import tqdm
+
+        tqdm.write(text, file=stream)
+    else:
+        print(text, file=stream, flush=True)

@@ -104,10 +104,12 @@ def run(args: argparse.Namespace) -> int:
         print(sizes_table(args.imgsz or DEFAULT_IMGSZ, args.classes))
         return 0
 
-    from detector.checkpoint import Checkpoint
-    from detector.predict import resolve_model_path
+    from detector.weights import resolve_model_path
 
-    path = resolve_model_path(args.weights)
+    path = resolve_model_path(args.weights)  # a missing model is reported before torch loads
+
+    from detector.checkpoint import Checkpoint
+
     checkpoint = Checkpoint.load(path)
     if args.json:
         record = {

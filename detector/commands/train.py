@@ -118,6 +118,12 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from detector.inputs import require_path
+
+    require_path(args.data, "dataset")  # before the torch import below
+    if args.init is not None:
+        require_path(args.init, "--init model file")
+
     from dataclasses import replace
 
     from detector.data.transforms import AugmentConfig

@@ -16,10 +16,23 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 STEP_PERCENT = 25  # a plain line at every quarter of the work
 LINE_EVERY_S = 30.0  # a plain line this often when the total is unknown
+
+
+class ProgressBar(Protocol):
+    """What :func:`progress` returns (tqdm, :class:`LineProgress` or a silent one), for
+    type hints."""
+
+    n: int
+
+    def update(self, n: int = 1) -> Any: ...
+
+    def set_postfix(self, values: dict[str, Any] | None = None, **kwargs: Any) -> Any: ...
+
+    def close(self) -> None: ...
 
 
 class LineProgress:

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from detector.boxes import Letterbox
 from detector.data.dataset import read_rgb
 from detector.data.types import DatasetInfo
 from detector.evaluate import EvalResult, coco_metrics
 from detector.predict import Detections, Detector
+from detector.progress import progress as show_progress
 
 # Evaluation keeps nearly everything: COCO AP integrates over all scores.
 EVAL_SCORE_THRESHOLD = 0.001
@@ -63,7 +63,7 @@ def validate(
         collate_fn=_collate,
     )
     detections: list[Detections | None] = [None] * len(info.samples)
-    bar = tqdm(loader, desc="validate", unit="batch", disable=not progress, leave=False)
+    bar = show_progress(loader, desc="validate", unit="batch", enabled=progress, leave=False)
     for images, letterboxes, indices in bar:
         out = detector.infer(images, letterboxes, score_threshold, iou_threshold, max_detections)
         for index, det in zip(indices, out, strict=True):

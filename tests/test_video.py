@@ -154,6 +154,17 @@ def test_frame_count_size_fps_and_one_record_per_frame(clip, random_model, tmp_p
     assert all(r["source"] == "model" and r["image_size"] == list(SIZE) for r in records)
 
 
+def test_progress_in_a_log_is_a_few_plain_lines(clip, tmp_path, capsys):
+    source, _ = clip
+    job = VideoJob(source, tmp_path / "out.mp4", tmp_path / "out.jsonl")
+    process_video(job, ink_detect, VideoOptions(batch_size=4, progress=True))
+    err = capsys.readouterr().err  # not a terminal: detector.progress's plain lines
+    lines = [line for line in err.splitlines() if line.startswith(f"{source}: ")]
+    assert "\r" not in err and 2 <= len(lines) <= 5, err
+    assert f"started, {FRAMES} frame" in lines[0]
+    assert f"done, {FRAMES}/{FRAMES} frame (100%)" in lines[-1]
+
+
 def test_detections_stay_with_their_frames(clip, tmp_path):
     source, truth = clip
     job = VideoJob(source, tmp_path / "out.mp4", tmp_path / "out.jsonl")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from detector.cli import main
+from detector.cli import build_parser, main
 from detector.commands import EXIT_USAGE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,3 +90,50 @@ def test_help_states_the_exit_codes(capsys):
     assert "exit status" in text
     for code in ("0 ", "1 ", "2 ", "130 "):
         assert f"  {code}" in text
+
+
+def _subparser(name: str):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return sub.choices[name]
+
+
+def test_every_train_option_has_help_and_shows_its_default(capsys):
+    train = _subparser("train")
+    for action in train._actions:
+        if action.dest == "help":
+            continue
+        name = "/".join(action.option_strings) or action.dest
+        assert action.help, f"train {name} has no help text"
+        takes_value = action.nargs != 0
+        if takes_value and not action.required:
+            shown = action.default is not None or "default" in action.help
+            assert shown, f"train {name} says nothing about its default"
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "--epochs EPOCHS" in text and "(default: 50)" in text
+
+
+def test_train_defaults_come_from_the_config_dataclasses():
+    from detector.commands.train import train_config
+    from detector.config import AugmentConfig, LossConfig, ModelConfig, TrainConfig
+
+    args = _subparser("train").parse_args(["--data", "x.yaml"])
+    assert train_config(args) == TrainConfig()
+    assert train_config(args).loss == LossConfig()
+    assert (args.mosaic, args.fliplr, args.scale) == (
+        AugmentConfig.mosaic,
+        AugmentConfig.fliplr,
+        AugmentConfig.scale,
+    )
+    assert (args.model, args.imgsz) == (ModelConfig.size, ModelConfig.input_size)
+
+
+def test_train_options_defaults_agree_with_the_trainer():
+    from detector.train import TrainOptions
+
+    args = _subparser("train").parse_args(["--data", "x.yaml"])
+    options = TrainOptions(data="x.yaml")
+    for field in ("model", "imgsz", "out", "device"):
+        assert getattr(args, field) == getattr(options, field), field

@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from torchvision.ops import nms as torchvision_nms
 
+# Grey used by YOLO-family models to pad letterboxed images (one value, in config).
+from detector.config import LETTERBOX_PAD_VALUE
+
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 
 # nms ranks boxes with float32 pseudo-scores N, N-1, ..., 1: exact up to 2**24.
 MAX_NMS_BOXES = 2**24
-# Grey used by YOLO-family models to pad letterboxed images.
-LETTERBOX_PAD_VALUE = 114
 # cv2.copyMakeBorder takes a fill value of at most four channels.
 MAX_LETTERBOX_CHANNELS = 4
 

@@ -5,6 +5,7 @@ The CLI and YAML files only fill these in; nothing else holds hyper-parameters.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 # Anchors are (width, height) in input pixels, one tuple per output stride.
@@ -18,6 +19,10 @@ DEFAULT_ANCHORS: Anchors = (
     ((116.0, 90.0), (156.0, 198.0), (373.0, 326.0)),
 )
 DEFAULT_STRIDES: tuple[int, ...] = (8, 16, 32)
+LETTERBOX_PAD_VALUE = 114  # grey of letterbox padding (YOLO-family), used by detector.boxes
+DEFAULT_MIN_BOX_SIZE = 2.0  # see AugmentConfig.min_box_size
+DEFAULT_MIN_AREA_RATIO = 0.1  # see AugmentConfig.min_area_ratio
+UINT8_MAX = 255
 
 
 @dataclass(frozen=True)
@@ -160,3 +165,41 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.close_mosaic <= self.epochs:
             raise ValueError(f"close_mosaic must be in [0, epochs], got {self.close_mosaic}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities and ranges of the training augmentations (Ultralytics-like defaults)."""
+
+    mosaic: float = 1.0  # probability of a 4-image mosaic instead of one letterboxed image
+    scale: float = 0.5  # zoom gain drawn from [1 - scale, 1 + scale]; in [0, 1)
+    translate: float = 0.1  # shift of the image centre, fraction of the output side; in [0, 0.5]
+    degrees: float = 0.0  # rotation drawn from [-degrees, degrees]; 0 means no rotation
+    fliplr: float = 0.5  # probability of a horizontal flip
+    hsv_h: float = 0.015  # hue shift drawn from [-hsv_h, hsv_h] turns of the colour wheel
+    hsv_s: float = 0.7  # saturation gain drawn from [1 - hsv_s, 1 + hsv_s]
+    hsv_v: float = 0.4  # value (brightness) gain drawn from [1 - hsv_v, 1 + hsv_v]
+    min_box_size: float = DEFAULT_MIN_BOX_SIZE  # boxes narrower or shorter (output px) dropped
+    min_area_ratio: float = DEFAULT_MIN_AREA_RATIO  # boxes cut to less of their area dropped
+    pad_value: int = LETTERBOX_PAD_VALUE  # grey level of padding and of areas no image covers
+
+    def __post_init__(self) -> None:
+        ranges = {
+            "scale": (0.0, 1.0),
+            "mosaic": (0.0, 1.0),
+            "translate": (0.0, 0.5),
+            "degrees": (0.0, 180.0),
+            "fliplr": (0.0, 1.0),
+            "hsv_h": (0.0, 0.5),
+            "hsv_s": (0.0, 1.0),
+            "hsv_v": (0.0, 1.0),
+            "min_box_size": (0.0, math.inf),
+            "min_area_ratio": (0.0, 1.0),
+            "pad_value": (0, UINT8_MAX),
+        }
+        for name, (low, high) in ranges.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"AugmentConfig.{name} must be in [{low}, {high}], got {value}")
+        if self.scale >= 1:
+            raise ValueError(f"AugmentConfig.scale must be below 1, got {self.scale}")

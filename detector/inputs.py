@@ -1,10 +1,18 @@
-"""Expand command-line inputs (files, directories, glob patterns) into file lists."""
+"""Command-line inputs: expand files, directories and glob patterns into file lists, and
+check that named paths exist.
+
+Imports nothing heavy (no torch, no OpenCV), so that the commands can report a missing
+input before loading the model stack.
+"""
 
 from __future__ import annotations
 
 import glob
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
 
 
 def expand_inputs(
@@ -49,3 +57,28 @@ def expand_inputs(
     seen: set[Path] = set()
     unique = [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
     return unique, problems
+
+
+def find_videos(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """Expand files, directories and glob patterns into video files.
+
+    A named file is taken whatever its suffix; a directory gives its files with a
+    suffix in ``VIDEO_SUFFIXES``; a pattern gives the files it matches (``**`` recurses).
+    Duplicates are dropped, first occurrence kept.
+
+    Returns:
+        The files, and one message per input that gave none (the others still run).
+    """
+    return expand_inputs(inputs, VIDEO_SUFFIXES, "video")
+
+
+def require_path(path: str | Path, what: str) -> Path:
+    """``path`` as a :class:`Path` when it exists (file or folder).
+
+    Raises:
+        FileNotFoundError: it does not; the message is ``"{what} {path} not found"``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} not found")
+    return path

@@ -8,7 +8,9 @@ Files :func:`training_plots` writes into the run folder:
 - ``results.png``: loss terms, learning rate and AP / AP50 / AP75 per epoch;
 - ``pr_curve.png``: precision against recall at IoU 0.5 of the best model on the
   validation split (:func:`detector.evaluate.plot_pr_curves`);
-- ``val_predictions.png``: up to 16 validation images with the best model's boxes.
+- ``val_predictions.png``: up to 16 validation images, each as a pair: the ground-truth
+  boxes on the left (class names, no scores, a dark caption "truth: N"), the best model's
+  boxes on the right (with scores; caption "predicted: N", or a red "no detections").
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import numpy as np
 import torch
 
 from detector.data.dataset import read_rgb
-from detector.data.types import DatasetInfo
-from detector.draw import draw_detections, fit_image, image_grid
+from detector.data.types import DatasetInfo, Sample
+from detector.draw import GRID_BACKGROUND, draw_detections, fit_image, image_grid
 from detector.predict import Detector
 from detector.settings import DEFAULT_OPTIONS, Detections, DetectOptions
 
@@ -46,8 +48,16 @@ DPI = 100
 MARKER_SIZE = 3  # dots on the curves, so a single epoch is still visible
 
 PREVIEW_IMAGES = 16  # validation images in val_predictions.png
-PREVIEW_COLUMNS = 4
+PREVIEW_COLUMNS = 4  # image pairs (truth | predictions) per row
 PREVIEW_CELL = 320  # pixels: each image is scaled to fit this square
+PAIR_GAP = 2  # pixels between the truth and the prediction half of a pair
+CAPTION_HEIGHT = 18  # pixels of the caption band above each half
+CAPTION_FONT_SCALE = 0.45
+CAPTION_MARGIN = 4  # pixels from the band's left and bottom edge to the text
+CAPTION_COLOUR = (48, 48, 48)  # RGB band behind "truth: N" / "predicted: N"
+NO_DETECTIONS_COLOUR = (200, 0, 0)  # RGB band of a prediction half with nothing found
+CAPTION_TEXT_COLOUR = (255, 255, 255)
+NO_DETECTIONS = "no detections"
 
 
 def read_results_csv(csv_path: str | Path) -> dict[str, np.ndarray]:
@@ -133,18 +143,69 @@ def plot_predictions(
     max_images: int = PREVIEW_IMAGES,
     options: DetectOptions = DEFAULT_OPTIONS,
 ) -> Path:
-    """Save a grid of the first ``max_images`` images of ``info`` with ``detector``'s
-    boxes (chosen with ``options``) drawn on them (each scaled to a
-    ``PREVIEW_CELL`` square). Returns the path written."""
+    """Save a grid of the first ``max_images`` images of ``info``, each as a pair (see
+    :func:`preview_pair`): its ground truth, and ``detector``'s boxes at
+    boxes chosen with ``options``. Returns the path written."""
     samples = info.samples[:max_images]
     if not samples:
         raise ValueError("plot_predictions needs at least one image; the split is empty")
     images = [read_rgb(sample.image_path) for sample in samples]
-    tiles = []
-    for image, detections in zip(images, detector.detect(images, options), strict=True):
-        small, scale = fit_image(image, PREVIEW_CELL)
-        tiles.append(draw_detections(small, _scaled(detections, scale)))
-    return save_rgb(image_grid(tiles, PREVIEW_COLUMNS), path)
+    detections = detector.detect(images, options)
+    pairs = [
+        preview_pair(image, sample, info.names, found)
+        for image, sample, found in zip(images, samples, detections, strict=True)
+    ]
+    return save_rgb(image_grid(pairs, PREVIEW_COLUMNS), path)
+
+
+def preview_pair(
+    image: np.ndarray, sample: Sample, names: Sequence[str], detections: Detections
+) -> np.ndarray:
+    """One image scaled to fit ``PREVIEW_CELL``, twice side by side: the ground truth of
+    ``sample`` on the left (class names, no scores), ``detections`` on the right; each
+    half under a caption band (``"truth: N"``, ``"predicted: N"``, or a red
+    ``NO_DETECTIONS`` band when there are none).
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB, the image of ``sample``.
+        sample: its labels: boxes ``(N, 4)`` xyxy pixels, classes ``(N,)``.
+        names: class names of the sample's class ids.
+        detections: the model's, in the image's pixels.
+
+    Returns:
+        ``(CAPTION_HEIGHT + h, 2 w + PAIR_GAP, 3)`` uint8 RGB, ``(h, w)`` the scaled size.
+    """
+    small, scale = fit_image(image, PREVIEW_CELL)
+    classes = np.asarray(sample.classes, np.int64)
+    truth = Detections(
+        boxes=np.asarray(sample.boxes, np.float32).reshape(-1, 4) * scale,
+        scores=np.ones(len(classes), np.float32),
+        class_ids=classes,
+        labels=[names[c] if 0 <= c < len(names) else str(c) for c in classes],
+        landmarks=None,
+        image_size=small.shape[:2],
+    )
+    left = _captioned(
+        draw_detections(small, truth, show_scores=False), f"truth: {len(truth)}", CAPTION_COLOUR
+    )
+    found = len(detections)
+    right = _captioned(
+        draw_detections(small, _scaled(detections, scale)),
+        f"predicted: {found}" if found else NO_DETECTIONS,
+        CAPTION_COLOUR if found else NO_DETECTIONS_COLOUR,
+    )
+    gap = np.full((left.shape[0], PAIR_GAP, 3), GRID_BACKGROUND, np.uint8)
+    return np.concatenate([left, gap, right], axis=1)
+
+
+def _captioned(image: np.ndarray, text: str, colour: tuple[int, int, int]) -> np.ndarray:
+    """``image`` under a ``CAPTION_HEIGHT`` band of ``colour`` with ``text`` in it."""
+    band = np.empty((CAPTION_HEIGHT, image.shape[1], 3), np.uint8)
+    band[:] = colour
+    origin = (CAPTION_MARGIN, CAPTION_HEIGHT - CAPTION_MARGIN)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(band, text, origin, font, CAPTION_FONT_SCALE, CAPTION_TEXT_COLOUR, 1, cv2.LINE_AA)
+    return np.concatenate([band, image], axis=0)
 
 
 def training_plots(

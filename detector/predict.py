@@ -34,25 +34,12 @@ from detector.settings import (
     class_ids,
     options_of,
 )
-
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"  # shipped models
-MODEL_SUFFIX = ".safetensors"
-DEFAULT_MODEL = "digits"
-
-
-def resolve_model_path(path_or_name: str | Path) -> Path:
-    """A model file path, or the name of a shipped model in ``weights/``."""
-    path = Path(path_or_name)
-    if path.is_file():
-        return path
-    shipped = WEIGHTS_DIR / f"{path_or_name}{MODEL_SUFFIX}"
-    if shipped.is_file():
-        return shipped
-    available = sorted(p.stem for p in WEIGHTS_DIR.glob(f"*{MODEL_SUFFIX}"))
-    raise FileNotFoundError(
-        f"no model file {str(path_or_name)!r} and no shipped model of that name "
-        f"(shipped: {', '.join(available) or 'none'})"
-    )
+from detector.weights import (  # noqa: F401  (MODEL_SUFFIX, WEIGHTS_DIR: re-exported)
+    DEFAULT_MODEL,
+    MODEL_SUFFIX,
+    WEIGHTS_DIR,
+    resolve_model_path,
+)
 
 
 class Detector:

@@ -16,10 +16,23 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 STEP_PERCENT = 25  # a plain line at every quarter of the work
 LINE_EVERY_S = 30.0  # a plain line this often when the total is unknown
+
+
+class ProgressBar(Protocol):
+    """What :func:`progress` returns (tqdm, :class:`LineProgress` or a silent one), for
+    type hints."""
+
+    n: int
+
+    def update(self, n: int = 1) -> Any: ...
+
+    def set_postfix(self, values: dict[str, Any] | None = None, **kwargs: Any) -> Any: ...
+
+    def close(self) -> None: ...
 
 
 class LineProgress:
@@ -177,3 +190,15 @@ def progress(
 
         return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, file=file)
     return LineProgress(iterable, total=total, desc=desc, unit=unit, file=file)
+
+
+def write_message(text: str, file: TextIO | None = None) -> None:
+    """Print one line (standard error by default) without breaking a bar being drawn:
+    on a terminal through ``tqdm.write``, which clears and redraws the bars around it."""
+    stream = file or sys.stderr
+    if is_terminal(stream):
+        from tqdm import tqdm
+
+        tqdm.write(text, file=stream)
+    else:
+        print(text, file=stream, flush=True)

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from detector.boxes import Letterbox
 from detector.data.dataset import read_rgb
 from detector.data.types import DatasetInfo
 from detector.evaluate import EvalResult, coco_metrics
 from detector.predict import Detector
+from detector.progress import progress as show_progress
 from detector.settings import EVAL_OPTIONS, Detections, DetectOptions
 
 
@@ -61,7 +61,7 @@ def validate(
         collate_fn=_collate,
     )
     detections: list[Detections | None] = [None] * len(info.samples)
-    bar = tqdm(loader, desc="validate", unit="batch", disable=not progress, leave=False)
+    bar = show_progress(loader, desc="validate", unit="batch", enabled=progress, leave=False)
     for images, letterboxes, indices in bar:
         out = detector.postprocess(detector.forward(images), letterboxes, options)
         for index, det in zip(indices, out, strict=True):

@@ -50,9 +50,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from detector.draw import draw_detections
+from detector.progress import ProgressBar, progress
 from detector.settings import DEFAULT_OPTIONS, Detections, DetectOptions
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class VideoOptions:
     queue_frames: int = 32  # decoded frames buffered ahead of the model, and behind it
     max_pending_frames: int = 64  # frames held while a batch fills (caps batch_size x stride)
     codec: str = "mp4v"  # FourCC of the output video, a key of CODEC_SUFFIXES
-    progress: bool = True  # a tqdm bar per video, in frames/s
+    progress: bool = True  # a progress bar per video, in frames/s (detector.progress)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "stride", "queue_frames", "max_pending_frames"):
@@ -187,7 +187,7 @@ def process_frames(
     stop = threading.Event()
     decoded: queue.Queue = queue.Queue(maxsize=options.queue_frames)
     ready: queue.Queue = queue.Queue(maxsize=options.queue_frames)
-    bar = tqdm(total=total, desc=name, unit="frame", disable=not options.progress)
+    bar = progress(total=total, desc=name, unit="frame", enabled=options.progress)
     detected, interrupted, carry = 0, False, _Carry()
     try:
         with jsonl_path.open("w", encoding="utf-8", buffering=1) as jsonl:  # line by line
@@ -251,7 +251,7 @@ class _Writer:
         size: tuple[int, int],
         fps: float,
         name: str,
-        bar: tqdm,
+        bar: ProgressBar,
         on_frame: FrameCallback | None,
     ):
         self.items, self.encoder, self.jsonl, self.draw_fn = items, encoder, jsonl, draw_fn

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from detector.inputs import expand_inputs
+from detector.inputs import VIDEO_SUFFIXES, find_videos  # noqa: F401  (find_videos: re-exported)
 from detector.video import (
     CODEC_SUFFIXES,
     DetectError,
@@ -28,7 +28,6 @@ from detector.video import (
     process_frames,
 )
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
 JSONL_SUFFIX = ".jsonl"
 FALLBACK_FPS = 25.0  # frame rate assumed when a container does not state one
 UNKNOWN_COUNT = -1
@@ -51,19 +50,6 @@ class VideoJob:
     source: Path
     video: Path  # annotated video
     jsonl: Path  # one JSON line per frame
-
-
-def find_videos(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
-    """Expand files, directories and glob patterns into video files.
-
-    A named file is taken whatever its suffix; a directory gives its files with a
-    suffix in ``VIDEO_SUFFIXES``; a pattern gives the files it matches (``**`` recurses).
-    Duplicates are dropped, first occurrence kept.
-
-    Returns:
-        The files, and one message per input that gave none (the others still run).
-    """
-    return expand_inputs(inputs, VIDEO_SUFFIXES, "video")
 
 
 def plan_jobs(

@@ -12,10 +12,16 @@ from detector.data.types import DatasetInfo, Sample
 from detector.draw import PALETTE, class_colour, draw_detections, fit_image, image_grid
 from detector.models.yolo import YOLODetector
 from detector.plots import (
+    CAPTION_COLOUR,
+    CAPTION_HEIGHT,
+    NO_DETECTIONS_COLOUR,
+    PAIR_GAP,
     PR_CURVE_PNG,
+    PREVIEW_CELL,
     RESULTS_PNG,
     VAL_PREDICTIONS_PNG,
     plot_results_csv,
+    preview_pair,
     read_results_csv,
     training_plots,
 )
@@ -202,3 +208,37 @@ def test_training_plots_writes_three_pngs(run_folder):
     for path in paths:
         assert path.parent == out
         _assert_png(path)
+
+
+def _band_has(band: np.ndarray, colour) -> bool:
+    return bool(np.all(band == np.array(colour, np.uint8), axis=2).any())
+
+
+def test_preview_pair_shows_truth_left_predictions_right_and_says_no_detections():
+    image = np.full((100, 160, 3), 90, np.uint8)
+    sample = Sample("x.png", 160, 100, np.array([[20, 30, 60, 80]], np.float32), np.array([1]))
+    small, scale = fit_image(image, PREVIEW_CELL)
+    height, width = small.shape[:2]
+
+    pair = preview_pair(image, sample, NAMES, _detections(np.zeros((0, 4)), [], size=(100, 160)))
+    assert pair.shape == (CAPTION_HEIGHT + height, 2 * width + PAIR_GAP, 3)
+    left = pair[CAPTION_HEIGHT:, :width]
+    right = pair[CAPTION_HEIGHT:, width + PAIR_GAP :]
+    changed = _changed(left, small)
+    x1, y1 = round(20 * scale), round(80 * scale) - 1
+    assert changed[y1, x1], "the ground-truth box should be drawn on the left"
+    np.testing.assert_array_equal(right, small)  # nothing found: the image as it is
+    right_band = pair[:CAPTION_HEIGHT, width + PAIR_GAP :]
+    assert _band_has(right_band, NO_DETECTIONS_COLOUR), "expected the red 'no detections' band"
+    assert _band_has(pair[:CAPTION_HEIGHT, :width], CAPTION_COLOUR)
+    assert not _band_has(pair[:CAPTION_HEIGHT, :width], NO_DETECTIONS_COLOUR)
+
+    found = _detections([[100, 10, 150, 60]], [2], size=(100, 160))
+    pair = preview_pair(image, sample, NAMES, found)
+    right_band = pair[:CAPTION_HEIGHT, width + PAIR_GAP :]
+    assert _band_has(right_band, CAPTION_COLOUR) and not _band_has(right_band, NO_DETECTIONS_COLOUR)
+    assert _changed(pair[CAPTION_HEIGHT:, width + PAIR_GAP :], small).any()
+    # The truth half is the same whatever the model found.
+    np.testing.assert_array_equal(
+        pair[:, :width], preview_pair(image, sample, NAMES, found)[:, :width]
+    )

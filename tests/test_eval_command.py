@@ -217,9 +217,47 @@ def test_info_describes_a_model_file(workspace, capsys):
     assert ", ".join(DIGITS) in out
     assert f"{INPUT_SIZE}x{INPUT_SIZE}" in out
     assert TRAIN_COMMAND in out and "abc123" in out
-    assert "epochs trained: 3" in out
+    assert "saved after epoch: 3\n" in out and "best epoch: not recorded" in out
+    assert "epochs run: at least 3 " in out  # weights only: later epochs are not in the file
     assert main(["info", "--weights", str(model), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["kind"] == "grid" and record["model"]["class_names"] == list(DIGITS)
     assert main(["info", "--weights", "no-such-model"]) == 2
     assert "no-such-model" in capsys.readouterr().err
+
+
+def test_info_tells_epochs_run_from_the_best_epoch_and_rounds_anchors(tmp_path, capsys):
+    anchors = (((10.0, 13.0),), ((30.0, 61.0),), ((70.0, 103.00000762939453),))
+    config = ModelConfig(num_classes=2, input_size=INPUT_SIZE, anchors=anchors)
+    model = YOLODetector(config)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    metadata = {
+        "epoch": 11,
+        "stale_epochs": 3,
+        "train_config": {"epochs": 50},
+        "metrics": {"ap": 0.5, "ap50": 0.75},
+    }
+    state = model.state_dict()
+    last = Checkpoint(config, "grid", state, state, optimizer.state_dict(), metadata)
+    last_path = last.save(tmp_path / "last.safetensors")
+    assert main(["info", "--weights", str(last_path)]) == 0
+    out = capsys.readouterr().out
+    assert "saved after epoch: 12 of 50 planned" in out
+    assert "epochs run: 12 " in out
+    assert "best epoch: 9 (3 epochs without improvement since" in out
+    assert "validation metrics (epoch 12): ap 0.5000  ap50 0.7500" in out
+    assert "stride 32: [(70.0, 103.0)]" in out and "103.0000" not in out
+
+    best_meta = metadata | {"epoch": 8, "stale_epochs": 0}
+    best_path = Checkpoint(config, "grid", state, metadata=best_meta).save(
+        tmp_path / "b.safetensors"
+    )
+    assert main(["info", "--weights", str(best_path)]) == 0
+    out = capsys.readouterr().out
+    assert "best epoch: 9 (the weights in this file)" in out
+    assert "epochs run: at least 9 " in out
+
+    assert main(["info", "--weights", str(best_path), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["model"]["anchors"][2] == [[70.0, 103.0]]  # numbers, float32 noise gone
+    assert record["epoch"] == 8  # the metadata itself, unchanged

@@ -154,6 +154,17 @@ def test_frame_count_size_fps_and_one_record_per_frame(clip, random_model, tmp_p
     assert all(r["source"] == "model" and r["image_size"] == list(SIZE) for r in records)
 
 
+def test_progress_in_a_log_is_a_few_plain_lines(clip, tmp_path, capsys):
+    source, _ = clip
+    job = VideoJob(source, tmp_path / "out.mp4", tmp_path / "out.jsonl")
+    process_video(job, ink_detect, VideoOptions(batch_size=4, progress=True))
+    err = capsys.readouterr().err  # not a terminal: detector.progress's plain lines
+    lines = [line for line in err.splitlines() if line.startswith(f"{source}: ")]
+    assert "\r" not in err and 2 <= len(lines) <= 5, err
+    assert f"started, {FRAMES} frame" in lines[0]
+    assert f"done, {FRAMES}/{FRAMES} frame (100%)" in lines[-1]
+
+
 def test_detections_stay_with_their_frames(clip, tmp_path):
     source, truth = clip
     job = VideoJob(source, tmp_path / "out.mp4", tmp_path / "out.jsonl")
@@ -392,3 +403,25 @@ def test_shipped_model_finds_the_moving_digits(digits, tmp_path):
                 found += 1
     wanted = n_frames * len(classes)
     assert found >= 0.8 * wanted, f"found {found} of {wanted} digits (frames x digits)"
+
+
+def test_synth_video_writes_a_clip_from_the_command_line(tmp_path, capsys):
+    from detector.commands import synth
+
+    out, labels = tmp_path / "clips" / "digits.avi", tmp_path / "clips" / "digits.jsonl"
+    argv = ["synth", "video", "--out", str(out), "--frames", "12", "--seed", "4"]
+    size = ["--width", "96", "--height", "64", "--fps", "10", "--codec", "MJPG"]
+    assert main([*argv, *size, "--labels", str(labels), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}: 12 frames, 96x64, 10 fps" in printed and str(labels) in printed
+    capture = cv2.VideoCapture(str(out))
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(10)
+    capture.release()
+    frames = decode_all(out)
+    assert len(frames) == 12 and frames[0].shape == (64, 96, 3)
+    records = read_jsonl(labels)
+    assert [r["index"] for r in records] == list(range(12))
+    assert all(len(r["boxes"]) == synth.VIDEO_DIGITS for r in records)
+    assert MovingDigitsConfig.num_digits == synth.VIDEO_DIGITS
+    assert main([*argv, "--frames", "0"]) == 2
+    assert "at least 1 frame" in capsys.readouterr().err

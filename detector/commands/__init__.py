@@ -6,6 +6,12 @@ import argparse
 
 from detector.settings import DetectOptions
 
+# Exit codes of every command (see detector.cli).
+EXIT_OK = 0  # everything asked for was done
+EXIT_FAILURE = 1  # the work started and some of it failed
+EXIT_USAGE = 2  # bad input or usage, found before any work (argparse uses 2 too)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Keep the description's layout and show each option's default, when it has one

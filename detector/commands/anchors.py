@@ -87,11 +87,15 @@ def format_report(
 
 
 def run(args: argparse.Namespace) -> int:
-    from detector.anchors import anchors_report, letterboxed_wh
-    from detector.data.formats import load_dataset
+    from detector.inputs import require_path
 
     if args.imgsz <= 0:
         raise ValueError(f"--imgsz must be positive, got {args.imgsz}")
+    require_path(args.data, "dataset")  # before the torch import below
+
+    from detector.anchors import anchors_report, letterboxed_wh
+    from detector.data.formats import load_dataset
+
     info = load_dataset(args.data, args.split)
     print(
         f"dataset: {args.data} split {args.split}: {len(info.samples)} images, "

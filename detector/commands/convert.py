@@ -47,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from detector.inputs import require_path
+
+    require_path(args.data, "dataset")  # before the torch import below
+
     from detector.data.formats import load_splits, write_coco, write_yolo
 
     splits = load_splits(args.data, args.split, args.strict, args.names, args.images_dir)

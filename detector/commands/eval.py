@@ -224,15 +224,22 @@ def keypoint_result(
 
 
 def run(args: argparse.Namespace) -> int:
-    from detector.data.formats import load_dataset
-    from detector.predict import Detector
-    from detector.validate import validate
+    from detector.inputs import require_path
+    from detector.weights import resolve_model_path
 
+    # Checks that need no model come first: a typo costs no torch import.
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    detector = Detector.load(args.weights, args.device)
+    require_path(args.data, "dataset")
+    weights = resolve_model_path(args.weights)
+
+    from detector.data.formats import load_dataset
+    from detector.predict import Detector
+    from detector.validate import validate
+
+    detector = Detector.load(weights, args.device)
     config = detector.config
     print(
         f"model: {detector.name} ({detector.kind}, size {config.size}, input {config.input_size}, "

@@ -19,7 +19,9 @@ GIGA = 1e9
 MEGA = 1e6
 METRIC_FIELDS = ("ap", "ap50", "ap75")  # of the checkpoint's "metrics" record, when present
 # Metadata keys that get their own line; every other key is listed by name.
-SHOWN_KEYS = ("command", "dataset", "dataset_hash", "epoch", "metrics")
+SHOWN_KEYS = ("command", "dataset", "dataset_hash", "epoch", "metrics", "stale_epochs")
+ANCHOR_DECIMALS = 1  # anchors in the text report: 0.1 px
+ANCHOR_DECIMALS_JSON = 4  # anchors in --json: drops float32 noise (103.00000762939453)
 
 DESCRIPTION = """\
 Without --weights: a table of every model size (widths, depths, parameters and GFLOPs
@@ -27,8 +29,14 @@ of one forward pass at IMGSZ x IMGSZ for CLASSES classes).
 
 With --weights: what the model file holds: kind, classes, input size, strides and
 anchors, landmarks, parameters, GFLOPs (at the model's input size unless --imgsz is
-given), and its training record (command, dataset and its hash, epochs, metrics).
+given), and its training record: command, dataset and its hash, the epoch the file
+was saved after, the best epoch and the epochs run as far as the file records them,
+and the validation metrics of the saved epoch.
 WEIGHTS is a model file or the name of a shipped model in weights/.
+
+The trainer writes two files: last.safetensors (resumable, after every epoch: it knows
+the epochs run and which was best) and best.safetensors (weights only, written when an
+epoch improves: its epoch is the best one, and epochs run after it are not recorded).
 """
 
 
@@ -84,11 +92,14 @@ def model_report(path: Path, checkpoint: Checkpoint, imgsz: int | None = None) -
         f"input: {config.input_size}x{config.input_size} (letterboxed RGB)",
         f"strides: {list(config.strides)}",
         "anchors (w, h) in input pixels:",
-        *(f"  stride {s}: {list(a)}" for s, a in zip(config.strides, config.anchors, strict=True)),
+        *(
+            f"  stride {s}: {list(_rounded(a, ANCHOR_DECIMALS))}"
+            for s, a in zip(config.strides, config.anchors, strict=True)
+        ),
         _landmarks_line(config),
         f"weights: {'EMA' if checkpoint.ema_state is not None else 'model'}",
         *_compute_lines(checkpoint, imgsz),
-        *_metadata_lines(checkpoint.metadata),
+        *_metadata_lines(checkpoint.metadata, resumable=checkpoint.optimizer_state is not None),
     ]
     return "\n".join(lines)
 
@@ -104,17 +115,17 @@ def run(args: argparse.Namespace) -> int:
         print(sizes_table(args.imgsz or DEFAULT_IMGSZ, args.classes))
         return 0
 
-    from detector.checkpoint import Checkpoint
-    from detector.predict import resolve_model_path
+    from detector.weights import resolve_model_path
 
-    path = resolve_model_path(args.weights)
+    path = resolve_model_path(args.weights)  # a missing model is reported before torch loads
+
+    from detector.checkpoint import Checkpoint
+
     checkpoint = Checkpoint.load(path)
     if args.json:
-        record = {
-            "kind": checkpoint.kind,
-            "model": checkpoint.config.to_dict(),
-            **checkpoint.metadata,
-        }
+        model = checkpoint.config.to_dict()
+        model["anchors"] = _rounded(checkpoint.config.anchors, ANCHOR_DECIMALS_JSON)
+        record = {"kind": checkpoint.kind, "model": model, **checkpoint.metadata}
         print(json.dumps(record, indent=2))
         return 0
     print(model_report(path, checkpoint, args.imgsz))
@@ -144,7 +155,52 @@ def _compute_lines(checkpoint: Checkpoint, imgsz: int | None) -> list[str]:
     ]
 
 
-def _metadata_lines(metadata: dict[str, Any]) -> list[str]:
+def _rounded(values: Any, decimals: int) -> Any:
+    """Nested tuples/lists of numbers with each number rounded (tuples stay tuples)."""
+    if isinstance(values, list | tuple):
+        return type(values)(_rounded(v, decimals) for v in values)
+    return round(float(values), decimals)
+
+
+def _epoch_lines(metadata: dict[str, Any], resumable: bool) -> list[str]:
+    """The saved epoch, the best epoch and the epochs run, as far as the file knows them.
+
+    ``epoch`` is stored 0-based; ``stale_epochs`` counts the epochs since the best one.
+    A resumable file (with optimizer state) is the trainer's last.safetensors, written
+    after every epoch; a weights-only file is its best.safetensors, written when an
+    epoch improves, so later epochs are not in it.
+    """
+    epoch = metadata.get("epoch")
+    if not isinstance(epoch, int):
+        return []
+    saved = epoch + 1
+    train_config = metadata.get("train_config")
+    planned = train_config.get("epochs") if isinstance(train_config, dict) else None
+    lines = [f"saved after epoch: {saved}" + (f" of {planned} planned" if planned else "")]
+    stale = metadata.get("stale_epochs")
+    if not isinstance(stale, int):
+        lines.append("best epoch: not recorded")
+    elif stale == 0:
+        lines.append(f"best epoch: {saved} (the weights in this file)")
+    else:
+        lines.append(
+            f"best epoch: {saved - stale} ({stale} epochs without improvement since; "
+            "its weights are in the run's best.safetensors)"
+        )
+    if resumable:
+        lines.append(f"epochs run: {saved} (a resumable checkpoint, saved after every epoch)")
+    else:
+        lines.append(
+            f"epochs run: at least {saved} (a weights-only file, saved when an epoch "
+            "improved; later epochs are not recorded in it)"
+        )
+    options = metadata.get("train_options")
+    if isinstance(options, dict) and options.get("init"):
+        lines.append(f"started from: {options['init']} (--init; epochs count from there)")
+    return lines
+
+
+def _metadata_lines(metadata: dict[str, Any], resumable: bool = False) -> list[str]:
     lines = []
     if metadata.get("command"):
         lines.append(f"training command: {metadata['command']}")
@@ -152,14 +208,15 @@ def _metadata_lines(metadata: dict[str, Any]) -> list[str]:
         lines.append(f"dataset: {metadata['dataset']}")
     if "dataset_hash" in metadata:
         lines.append(f"dataset hash: {metadata['dataset_hash']}")
-    if isinstance(metadata.get("epoch"), int):
-        lines.append(f"epochs trained: {metadata['epoch'] + 1}")  # stored 0-based
+    lines += _epoch_lines(metadata, resumable)
     metrics = metadata.get("metrics")
     if isinstance(metrics, dict):
         shown = "  ".join(
             f"{name} {_number(metrics.get(name))}" for name in METRIC_FIELDS if name in metrics
         )
-        lines.append(f"validation metrics: {shown}" if shown else "validation metrics: none")
+        epoch = metadata.get("epoch")
+        of_epoch = f" (epoch {epoch + 1})" if isinstance(epoch, int) else ""
+        lines.append(f"validation metrics{of_epoch}: {shown or 'none'}")
     others = sorted(k for k in metadata if k not in SHOWN_KEYS)
     if others:
         lines.append(f"other metadata: {', '.join(others)} (--json shows them)")

@@ -10,12 +10,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from detector.commands import HelpFormatter, add_detect_options, detect_options
+from detector.commands import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    HelpFormatter,
+    add_detect_options,
+    detect_options,
+)
 from detector.settings import DEFAULT_OPTIONS, DetectOptions
 
 if TYPE_CHECKING:
     import numpy as np
-    from tqdm import tqdm
 
     from detector.predict import Detector
     from detector.settings import Detections
@@ -45,7 +51,10 @@ a second input with a name already used gets a numbered name (a_2.jpg).
 
 A file that cannot be read or decoded is reported on standard error and skipped.
 
-Exit status: 0 when at least one image was processed, 1 when none was, 2 usage error.
+Exit status: 0 every image was processed; 1 some input was missing, unreadable or not
+an image (the others were processed) or none could be read; 2 usage error: a bad option,
+a missing model, or no input image found at all (reported before the model loads);
+130 interrupted.
 """
 
 
@@ -96,8 +105,7 @@ def find_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
     Returns:
         The files, and one message per input that gave none.
     """
-    from detector.data.formats_common import IMAGE_SUFFIXES
-    from detector.inputs import expand_inputs
+    from detector.inputs import IMAGE_SUFFIXES, expand_inputs
 
     return expand_inputs(inputs, IMAGE_SUFFIXES, "image")
 
@@ -146,7 +154,7 @@ def output_paths(sources: Sequence[Path], save_dir: Path) -> list[Path]:
     itself, gets ``_2``, ``_3``, … before its suffix; a suffix OpenCV cannot write
     becomes ``FALLBACK_SUFFIX``.
     """
-    from detector.data.formats_common import IMAGE_SUFFIXES
+    from detector.inputs import IMAGE_SUFFIXES
 
     taken: set[str] = set()
     sources_resolved = {p.resolve() for p in sources}
@@ -195,11 +203,9 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
 
 def run(args: argparse.Namespace) -> int:
     """Detect in every image; returns the exit code (see the description)."""
-    from tqdm import tqdm
+    from detector.weights import resolve_model_path
 
-    from detector.predict import Detector
-    from detector.settings import class_ids
-
+    # Checks that need no model come first: a typo costs no torch import.
     options = detect_options(args)
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
@@ -208,8 +214,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
     if not sources:
         print("error: no images to process", file=sys.stderr)
-        return 1
-    detector = Detector.load(args.weights, args.device)
+        return EXIT_USAGE
+    weights = resolve_model_path(args.weights)
+
+    from detector.predict import Detector
+    from detector.progress import progress
+    from detector.settings import class_ids
+
+    detector = Detector.load(weights, args.device)
     class_ids(options.classes, detector.names)  # an unknown class fails before any work
     save_dir = None if args.no_save else Path(args.save_dir)
     targets = output_paths(sources, save_dir) if save_dir is not None else [None] * len(sources)
@@ -217,10 +229,10 @@ def run(args: argparse.Namespace) -> int:
     processed = detections = 0
     with (
         _open_json(args.json) as stream,
-        tqdm(total=len(sources), unit="image", disable=not show_progress) as bar,
+        progress(total=len(sources), desc="predict", unit="image", enabled=show_progress) as bar,
     ):
         for batch in _batches(list(zip(sources, targets, strict=True)), args.batch):
-            done = _predict_batch(detector, options, batch, stream, bar)
+            done = _predict_batch(detector, options, batch, stream)
             processed += len(done)
             detections += sum(len(d) for d in done)
             bar.update(len(batch))
@@ -231,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
             f"with {detector.name} on {detector.device}{where}",
             file=sys.stderr,
         )
-    return 0 if processed else 1
+    return EXIT_OK if processed == len(sources) and not problems else EXIT_FAILURE
 
 
 def _predict_batch(
@@ -239,17 +251,17 @@ def _predict_batch(
     options: DetectOptions,
     batch: Sequence[tuple[Path, Path | None]],
     stream: IO[str],
-    bar: tqdm,
 ) -> list[Detections]:
     """Read, detect, draw and write one batch; returns the detections of the images read."""
     from detector.draw import draw_detections
+    from detector.progress import write_message
 
     items, images = [], []
     for source, target in batch:
         try:
             images.append(read_image(source))
         except ValueError as exc:
-            bar.write(f"error: {exc}", file=sys.stderr)
+            write_message(f"error: {exc}")
             continue
         items.append((source, target))
     if not images:
@@ -260,9 +272,7 @@ def _predict_batch(
             try:
                 write_image(target, draw_detections(image, det))
             except (OSError, ValueError) as exc:
-                bar.write(
-                    f"error: {target}: cannot write the annotated image: {exc}", file=sys.stderr
-                )
+                write_message(f"error: {target}: cannot write the annotated image: {exc}")
                 target = None
         stream.write(json.dumps(image_record(source, det, target)) + "\n")
         stream.flush()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from detector.commands import EXIT_USAGE, HelpFormatter
+
 DIGITS_HELP = """\
 Write a YOLO-format detection dataset of real handwritten digits (scikit-learn's
 load_digits) composited on noise, gradients and photo textures:
@@ -39,11 +41,33 @@ Needs the optional extra: pip install 'yolo-detector[synth]'.
 """
 
 
+VIDEO_HELP = """\
+Write a test clip of handwritten digits (scikit-learn's load_digits, validation glyphs
+by default) gliding over a still random background, each at a constant speed, bouncing
+off the edges: the input 'detector video' can be tried on without a video of your own.
+
+OUT's suffix and --codec must suit each other: .mp4 with mp4v, .avi with MJPG or XVID.
+--labels FILE also writes the exact boxes, one JSON line per frame:
+  {"index": 0, "boxes": [[x1, y1, x2, y2], ...], "classes": [3, 7, 1]}
+(pixels; the same digits in the same order in every frame). The same --seed gives the
+same frames. Needs the optional extra: pip install 'yolo-detector[synth]'.
+"""
+# Defaults of the clip. VIDEO_DIGITS repeats MovingDigitsConfig.num_digits (its module
+# imports torch; --help must not): a test checks that they agree.
+VIDEO_DIGITS = 3
+VIDEO_FRAMES = 120
+VIDEO_WIDTH = 320
+VIDEO_HEIGHT = 240
+VIDEO_FPS = 25.0
+VIDEO_CODECS = ("mp4v", "MJPG", "XVID")
+VIDEO_SPLITS = ("val", "train")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``synth`` and its generators to the ``detector`` command."""
     parser = subparsers.add_parser(
         "synth",
-        help="generate a synthetic dataset (handwritten digits, faces)",
+        help="generate a synthetic dataset (handwritten digits, faces) or a test video",
         description="Generate a synthetic labelled dataset.",
     )
     kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
@@ -101,6 +125,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     faces.add_argument("--quiet", action="store_true", help="no progress bar")
     faces.set_defaults(func=run_faces)
+    video = kinds.add_parser(
+        "video",
+        help="a clip of handwritten digits moving over a background, to try 'detector video'",
+        description=VIDEO_HELP,
+        formatter_class=HelpFormatter,
+    )
+    video.add_argument("--out", required=True, metavar="PATH", help="video file to write")
+    video.add_argument("--frames", type=int, default=VIDEO_FRAMES, metavar="N", help="frames")
+    video.add_argument("--seed", type=int, default=0, help="clip seed")
+    video.add_argument("--width", type=int, default=VIDEO_WIDTH, help="frame width in pixels")
+    video.add_argument("--height", type=int, default=VIDEO_HEIGHT, help="frame height in pixels")
+    video.add_argument("--fps", type=float, default=VIDEO_FPS, help="frames per second")
+    video.add_argument("--digits", type=int, default=VIDEO_DIGITS, help="digits in the clip")
+    video.add_argument("--codec", default=VIDEO_CODECS[0], choices=VIDEO_CODECS, help="FourCC")
+    video.add_argument(
+        "--split", default=VIDEO_SPLITS[0], choices=VIDEO_SPLITS, help="digit glyphs of this split"
+    )
+    video.add_argument("--labels", metavar="FILE", help="also write the boxes as JSON lines")
+    video.add_argument("--quiet", action="store_true", help="no progress")
+    video.set_defaults(func=run_video)
 
 
 def run_digits(args: argparse.Namespace) -> int:
@@ -122,7 +166,7 @@ def run_digits(args: argparse.Namespace) -> int:
         )
     except ImportError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     lo, mid, hi = summary.box_sides
     per_class = " ".join(f"{n}:{c}" for n, c in zip(DIGIT_NAMES, summary.class_counts, strict=True))
     print(f"wrote {summary.data_yaml} in {summary.seconds:.1f} s")
@@ -159,4 +203,35 @@ def run_faces(args: argparse.Namespace) -> int:
         print(f"  {split}: {n_images} images, {summary.faces[split]} faces")
     print(f"  visible landmarks: {100 * summary.visible_points:.1f} %")
     print(f"  face box height: min {lo:.0f} px, median {mid:.0f} px, max {hi:.0f} px")
+
+
+def run_video(args: argparse.Namespace) -> int:
+    """Write the moving-digits clip and say what was written; returns the exit code."""
+    from detector.data.moving_digits import MovingDigitsConfig, write_moving_digits_video
+
+    config = MovingDigitsConfig(num_digits=args.digits)
+    try:
+        clip = write_moving_digits_video(
+            args.out,
+            args.frames,
+            (args.height, args.width),
+            args.fps,
+            seed=args.seed,
+            config=config,
+            codec=args.codec,
+            split=args.split,
+            labels_path=args.labels,
+            progress=not args.quiet,
+        )
+    except ImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    height, width = clip.size
+    digits = " ".join(str(c) for c in clip.classes) or "none"
+    print(
+        f"wrote {clip.video}: {clip.frames} frames, {width}x{height}, {clip.fps:g} fps, "
+        f"digits {digits}, in {clip.seconds:.1f} s"
+    )
+    if clip.labels is not None:
+        print(f"wrote {clip.labels}: the boxes of each frame (JSON lines)")
     return 0

@@ -7,7 +7,14 @@ import shlex
 import sys
 
 from detector.commands import HelpFormatter
-from detector.config import ASSIGN_RULES, MODEL_SIZES, LossConfig, TrainConfig
+from detector.config import (
+    ASSIGN_RULES,
+    MODEL_SIZES,
+    AugmentConfig,
+    LossConfig,
+    ModelConfig,
+    TrainConfig,
+)
 
 DESCRIPTION = """\
 Train a YOLO-style detector. Anchors are fitted by k-means on the training boxes; every
@@ -18,6 +25,20 @@ Multi-GPU: torchrun --nproc-per-node N -m detector.train ...
 """
 
 
+# TrainOptions' defaults (detector.train, which imports torch), repeated here so that
+# --help stays fast; a test checks that they agree. Hyper-parameters come from the
+# dataclasses of detector.config below, never written down here.
+DEFAULT_OUT = "runs/train"
+DEFAULT_DEVICE = "auto"
+TRAIN = TrainConfig()
+# The --assign rule whose LossConfig fields are LossConfig's defaults.
+DEFAULT_ASSIGN = next(
+    name
+    for name, rule in ASSIGN_RULES.items()
+    if all(getattr(LossConfig, key) == value for key, value in rule.items())
+)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -26,64 +47,89 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--data", required=True, help="data.yaml (YOLO), COCO .json or VOC folder")
-    p.add_argument("--model", default="tiny", choices=sorted(MODEL_SIZES), help="model size")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--imgsz", type=int, default=320, help="square input side, multiple of 32")
-    p.add_argument("--batch", type=int, default=16, help="images per batch (per process)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--out", default="runs/train", help="output folder")
+    p.add_argument(
+        "--model", default=ModelConfig.size, choices=sorted(MODEL_SIZES), help="model size"
+    )
+    p.add_argument("--epochs", type=int, default=TRAIN.epochs, help="epochs to train")
+    p.add_argument(
+        "--imgsz",
+        type=int,
+        default=ModelConfig.input_size,
+        help="square input side, multiple of 32",
+    )
+    p.add_argument(
+        "--batch", type=int, default=TRAIN.batch_size, help="images per batch (per process)"
+    )
+    p.add_argument("--device", default=DEFAULT_DEVICE, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--out", default=DEFAULT_OUT, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     p.add_argument(
         "--init",
         metavar="WEIGHTS",
-        help="start from this model file's weights and anchors (fine-tuning; same classes); the schedule starts anew",
+        help="start from this model file's weights and anchors (fine-tuning; same classes); "
+        "the schedule starts anew (default: random weights, k-means anchors)",
     )
     p.add_argument(
         "--stop-after",
         type=int,
         metavar="N",
-        help="end this run after N epochs, resumable with --resume (training in time slices)",
+        help="end this run after N epochs, resumable with --resume (training in time slices; "
+        "default: run to --epochs)",
     )
     p.add_argument(
         "--optimizer",
-        default="sgd",
+        default=TRAIN.optimizer,
         choices=["sgd", "adamw"],
         help="adamw converges faster on short runs",
     )
     p.add_argument(
-        "--lr", type=float, default=0.01, help="peak learning rate (SGD 0.01, AdamW about 0.001)"
+        "--lr",
+        type=float,
+        default=TRAIN.lr,
+        help="peak learning rate (SGD 0.01, AdamW about 0.001)",
     )
-    p.add_argument("--workers", type=int, default=2, help="data loading processes")
+    p.add_argument("--workers", type=int, default=TRAIN.workers, help="data loading processes")
     p.add_argument(
         "--cache",
         action="store_true",
         help="decode the training images once and keep them in memory (faster epochs; H*W*3 bytes per image)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=TRAIN.seed,
+        help="seed of the k-means anchors, the initial weights, the sampling order and the "
+        "augmentations",
+    )
     p.add_argument(
         "--patience",
         type=int,
-        default=20,
+        default=TRAIN.patience,
         help="early stop after N epochs without improvement (0: never)",
     )
-    p.add_argument("--mosaic", type=float, default=1.0, help="probability of a 4-image mosaic")
+    p.add_argument(
+        "--mosaic",
+        type=float,
+        default=AugmentConfig.mosaic,
+        help="probability of a 4-image mosaic",
+    )
     p.add_argument(
         "--close-mosaic",
         type=int,
-        default=0,
+        default=TRAIN.close_mosaic,
         metavar="N",
         help="train the last N epochs without mosaic, on whole images as at inference",
     )
     p.add_argument(
         "--fliplr",
         type=float,
-        default=0.5,
+        default=AugmentConfig.fliplr,
         help="horizontal flip probability (0 for text or digits)",
     )
-    p.add_argument("--scale", type=float, default=0.5, help="random zoom range +-")
+    p.add_argument("--scale", type=float, default=AugmentConfig.scale, help="random zoom range +-")
     p.add_argument(
         "--assign",
-        default="multi",
+        default=DEFAULT_ASSIGN,
         choices=sorted(ASSIGN_RULES),
         help="positives per object: best = its best anchor in its cell only (Darknet); "
         f"multi = also every anchor with shape IoU > {ASSIGN_RULES['multi']['positive_iou']}, "
@@ -94,7 +140,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--box-gain",
         type=float,
         default=LossConfig.box_gain,
-        help="weight of the box (1 - CIoU) loss; objectness weighs 1, classes 0.5",
+        help=f"weight of the box (1 - CIoU) loss; objectness weighs {LossConfig.obj_gain:g}, "
+        f"classes {LossConfig.cls_gain:g}",
     )
     p.add_argument("--strict", action="store_true", help="a bad label is fatal instead of skipped")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots at the end")
@@ -118,9 +165,14 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from detector.inputs import require_path
+
+    require_path(args.data, "dataset")  # before the torch import below
+    if args.init is not None:
+        require_path(args.init, "--init model file")
+
     from dataclasses import replace
 
-    from detector.data.transforms import AugmentConfig
     from detector.train import TrainOptions, train
 
     config = train_config(args)

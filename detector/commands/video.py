@@ -8,7 +8,14 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from detector.commands import HelpFormatter, add_detect_options, detect_options
+from detector.commands import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    HelpFormatter,
+    add_detect_options,
+    detect_options,
+)
 from detector.settings import DEFAULT_OPTIONS, DetectOptions
 
 if TYPE_CHECKING:
@@ -257,8 +264,20 @@ def remote_detect_fn(
 
 def run(args: argparse.Namespace) -> int:
     """Process every input; returns the exit code (see the description)."""
+    from detector.inputs import find_videos
+    from detector.weights import resolve_model_path
+
+    # Checks that need no model come first: a typo costs no torch import.
+    sources, problems = find_videos(args.inputs)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if not sources:
+        raise ValueError("no input videos found")
+    if args.server is None:
+        resolve_model_path(args.weights)
+
     from detector.video import DetectError, VideoOptions
-    from detector.video_jobs import find_videos, plan_jobs
+    from detector.video_jobs import plan_jobs
 
     options = VideoOptions(
         batch_size=args.batch,
@@ -267,11 +286,6 @@ def run(args: argparse.Namespace) -> int:
         codec=args.codec,
         progress=not args.quiet,
     )
-    sources, problems = find_videos(args.inputs)
-    for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
-    if not sources:
-        raise ValueError("no input videos found")
     jobs = plan_jobs(sources, args.output, args.jsonl, args.codec)
     try:
         with open_detect_fn(args) as (detect_fn, backend):
@@ -279,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
             return run_jobs(jobs, detect_fn, options, failed=len(problems))
     except DetectError as err:  # the detector could not be set up: no input ran
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
 
 
 def run_jobs(
@@ -308,5 +322,5 @@ def run_jobs(
             f"{partial.video} and {partial.jsonl}; later inputs were not processed",
             file=sys.stderr,
         )
-        return 130
-    return 1 if failed else 0
+        return EXIT_INTERRUPTED
+    return EXIT_FAILURE if failed else EXIT_OK

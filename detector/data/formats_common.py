@@ -21,9 +21,7 @@ import torch
 
 from detector.boxes import box_convert, clip_boxes
 from detector.data.types import Sample
-
-# File suffixes read as images when listing a folder (lower case).
-IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+from detector.inputs import IMAGE_SUFFIXES  # read as images in a folder; defined torch-free
 
 # Keypoint visibility, as in COCO.
 VIS_UNLABELLED = 0  # no label: coordinates are meaningless and stored as 0

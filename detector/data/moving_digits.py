@@ -12,14 +12,19 @@ generator, so a clip of any length takes the memory of one frame.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import cv2
 import numpy as np
 
 from detector.data.synthetic import DigitSource, draw_digit, render_background
 
 COLOUR_CANDIDATES = 16  # random ink colours tried per digit; the farthest from the background wins
+BOX_DECIMALS = 2  # pixels in the ground-truth JSON lines
 
 
 @dataclass(frozen=True)
@@ -122,3 +127,90 @@ def _bounce(
     position = np.where(low, -position, np.where(high, 2 * room - position, position))
     velocity = np.where(low | high, -velocity, velocity)
     return np.clip(position, 0, room), velocity
+
+
+@dataclass(frozen=True)
+class ClipSummary:
+    """What :func:`write_moving_digits_video` wrote."""
+
+    video: Path
+    labels: Path | None  # ground-truth JSON lines, when asked for
+    frames: int
+    size: tuple[int, int]  # (height, width)
+    fps: float
+    classes: list[int]  # the digits of the clip, in box order
+    seconds: float
+
+
+def write_moving_digits_video(
+    path: str | Path,
+    num_frames: int,
+    size: tuple[int, int],
+    fps: float,
+    seed: int = 0,
+    config: MovingDigitsConfig = MovingDigitsConfig(),
+    codec: str = "mp4v",
+    split: str = "val",
+    labels_path: str | Path | None = None,
+    progress: bool = True,
+) -> ClipSummary:
+    """Encode a clip of :func:`moving_digits` to a video file (``detector synth video``).
+
+    Args:
+        path: the video to write (folders are created; an existing file is replaced).
+        num_frames, size, seed, config: as :func:`moving_digits`; size is ``(height, width)``.
+        fps: frames per second stored in the file.
+        codec: OpenCV FourCC, e.g. ``"mp4v"`` (.mp4) or ``"MJPG"`` (.avi).
+        split: glyphs of this split of the digits (``"val"``: never used for training).
+        labels_path: when given, one JSON line per frame there: ``{"index", "boxes"
+            [[x1, y1, x2, y2], ...] (pixels), "classes"}``.
+        progress: a progress display over frames.
+
+    Raises:
+        ValueError: a bad count, size or fps, or OpenCV cannot write ``codec`` to ``path``.
+    """
+    from detector.data.synthetic import DigitSource
+    from detector.progress import progress as show_progress
+
+    path = Path(path)
+    height, width = size
+    if num_frames < 1:
+        raise ValueError(f"need at least 1 frame, got {num_frames}")
+    if height < 1 or width < 1:
+        raise ValueError(f"size must be (height, width) >= 1, got {size}")
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    source = DigitSource.load(split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (width, height))
+    if not writer.isOpened():
+        raise ValueError(f"{path}: OpenCV cannot write codec {codec!r} to this file type")
+    labels = None
+    if labels_path is not None:
+        labels_path = Path(labels_path)
+        labels_path.parent.mkdir(parents=True, exist_ok=True)
+        labels = labels_path.open("w", encoding="utf-8")
+    start = time.perf_counter()
+    classes: list[int] = []
+    try:
+        frames = moving_digits(source, num_frames, size, seed, config)
+        bar = show_progress(
+            frames, total=num_frames, desc=str(path), unit="frame", enabled=progress
+        )
+        for index, (frame, boxes, frame_classes) in enumerate(bar):
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+            classes = frame_classes.tolist()
+            if labels is not None:
+                record = {
+                    "index": index,
+                    "boxes": np.round(boxes, BOX_DECIMALS).tolist(),
+                    "classes": classes,
+                }
+                labels.write(json.dumps(record) + "\n")
+    finally:
+        writer.release()
+        if labels is not None:
+            labels.close()
+    return ClipSummary(
+        path, labels_path, num_frames, size, fps, classes, time.perf_counter() - start
+    )

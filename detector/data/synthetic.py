@@ -457,7 +457,7 @@ def generate_yolo_dataset(
             non-empty one is an error.
         progress: show a progress bar over images.
     """
-    from tqdm import tqdm
+    from detector.progress import progress as show_progress
 
     if n_train < 0 or n_val < 0:
         raise ValueError(f"image counts must be >= 0, got train={n_train}, val={n_val}")
@@ -482,7 +482,7 @@ def generate_yolo_dataset(
     objects = dict.fromkeys(SPLITS, 0)
     class_counts = np.zeros(len(DIGIT_NAMES), np.int64)
     sides: list[np.ndarray] = []
-    bar = tqdm(total=n_train + n_val, desc="synth digits", unit="img", disable=not progress)
+    bar = show_progress(total=n_train + n_val, desc="synth digits", unit="img", enabled=progress)
     for split in SPLITS:
         for index in range(counts[split]):
             rng = image_rng(seed, split, index)

@@ -20,13 +20,16 @@ import cv2
 import numpy as np
 
 from detector.boxes import LETTERBOX_PAD_VALUE, letterbox_image
+from detector.config import (  # noqa: F401  (AugmentConfig: re-exported, it lived here)
+    DEFAULT_MIN_AREA_RATIO,
+    DEFAULT_MIN_BOX_SIZE,
+    AugmentConfig,
+)
 
 HUE_PERIOD = 180  # OpenCV stores the 8-bit hue of the colour wheel in [0, 180)
 UINT8_LEVELS = 256  # entries of an 8-bit lookup table
 MOSAIC_TILES = 4  # images in one mosaic: top-left, top-right, bottom-left, bottom-right
 HIDDEN = 0.0  # landmark visibility "not labelled", given to points pushed off the image
-DEFAULT_MIN_BOX_SIZE = 2.0  # see AugmentConfig.min_box_size
-DEFAULT_MIN_AREA_RATIO = 0.1  # see AugmentConfig.min_area_ratio
 
 
 @dataclass(frozen=True)
@@ -75,44 +78,6 @@ class Target:
         """The rows picked by ``keep``, an ``(N,)`` bool mask or an index array."""
         landmarks = None if self.landmarks is None else self.landmarks[keep]
         return Target(self.boxes[keep], self.classes[keep], landmarks)
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Probabilities and ranges of the training augmentations (Ultralytics-like defaults)."""
-
-    mosaic: float = 1.0  # probability of a 4-image mosaic instead of one letterboxed image
-    scale: float = 0.5  # zoom gain drawn from [1 - scale, 1 + scale]; in [0, 1)
-    translate: float = 0.1  # shift of the image centre, fraction of the output side; in [0, 0.5]
-    degrees: float = 0.0  # rotation drawn from [-degrees, degrees]; 0 means no rotation
-    fliplr: float = 0.5  # probability of a horizontal flip
-    hsv_h: float = 0.015  # hue shift drawn from [-hsv_h, hsv_h] turns of the colour wheel
-    hsv_s: float = 0.7  # saturation gain drawn from [1 - hsv_s, 1 + hsv_s]
-    hsv_v: float = 0.4  # value (brightness) gain drawn from [1 - hsv_v, 1 + hsv_v]
-    min_box_size: float = DEFAULT_MIN_BOX_SIZE  # boxes narrower or shorter (output px) dropped
-    min_area_ratio: float = DEFAULT_MIN_AREA_RATIO  # boxes cut to less of their area dropped
-    pad_value: int = LETTERBOX_PAD_VALUE  # grey level of padding and of areas no image covers
-
-    def __post_init__(self) -> None:
-        ranges = {
-            "scale": (0.0, 1.0),
-            "mosaic": (0.0, 1.0),
-            "translate": (0.0, 0.5),
-            "degrees": (0.0, 180.0),
-            "fliplr": (0.0, 1.0),
-            "hsv_h": (0.0, 0.5),
-            "hsv_s": (0.0, 1.0),
-            "hsv_v": (0.0, 1.0),
-            "min_box_size": (0.0, np.inf),
-            "min_area_ratio": (0.0, 1.0),
-            "pad_value": (0, np.iinfo(np.uint8).max),
-        }
-        for name, (low, high) in ranges.items():
-            value = getattr(self, name)
-            if not low <= value <= high:
-                raise ValueError(f"AugmentConfig.{name} must be in [{low}, {high}], got {value}")
-        if self.scale >= 1:
-            raise ValueError(f"AugmentConfig.scale must be below 1, got {self.scale}")
 
 
 def letterbox(

@@ -67,13 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"detector.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"detector.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"detector.commands.{name}").register(sub)
     return parser
 
 

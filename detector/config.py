@@ -1,6 +1,8 @@
-"""Configuration dataclasses: one place for every model size and its settings.
+"""Configuration dataclasses of models and training: model sizes, the model config
+written into each checkpoint, the loss, augmentation and training settings.
 
-The CLI and YAML files only fill these in; nothing else holds hyper-parameters.
+The CLI and YAML files only fill these in. The settings of a detection request live in
+:mod:`detector.settings`, the server's in :mod:`server.config`.
 """
 
 from __future__ import annotations

@@ -125,3 +125,28 @@ def test_client_models_without_a_server_fails_fast_without_torch():
     )
     assert done.stdout.strip().splitlines()[-1] == "1 False", done.stderr
     assert "127.0.0.1:1" in done.stderr and "UNAVAILABLE" in done.stderr
+
+
+def test_video_through_a_server_loads_no_torch(tmp_path):
+    """``detector video --server``: frames go to the server, so no model stack is loaded
+    (here the server is unreachable: exit 1, the video's failure reported)."""
+    clip = tmp_path / "clip.avi"
+    done = run_python(
+        f"""
+        import sys
+        import cv2
+        import numpy as np
+
+        writer = cv2.VideoWriter({str(clip)!r}, cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+        for i in range(3):
+            writer.write(np.full((24, 32, 3), 40 * i, np.uint8))
+        writer.release()
+        from detector.cli import main
+
+        code = main(["video", {str(clip)!r}, "-o", {str(tmp_path / "out")!r},
+                     "--server", "127.0.0.1:1", "--quiet"])
+        print(code, "torch" in sys.modules)
+        """
+    )
+    assert done.stdout.strip().splitlines()[-1] == "1 False", done.stderr
+    assert "127.0.0.1:1" in done.stderr

@@ -304,7 +304,6 @@ def train(options: TrainOptions) -> Path:
         "train_config": asdict(cfg),
         "augment": asdict(options.augment),
     }
-    epoch = start_epoch - 1
     for epoch in range(start_epoch, cfg.epochs):
         dataset.set_epoch(epoch)
         if cfg.close_mosaic and epoch >= cfg.epochs - cfg.close_mosaic:
@@ -439,11 +438,6 @@ def train(options: TrainOptions) -> Path:
 def _nz(value: float) -> float:
     """nan (undefined metric) as 0 for arithmetic."""
     return 0.0 if value != value else float(value)
-
-
-def options_with(options: TrainOptions, **config_changes) -> TrainOptions:
-    """A copy of ``options`` with fields of its ``TrainConfig`` replaced."""
-    return replace(options, config=replace(options.config, **config_changes))
 
 
 if __name__ == "__main__":  # python -m detector.train is the same as `detector train`

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
-from tqdm import tqdm
 
 from detector.anchors import (
     best_possible_recall,
@@ -40,6 +39,7 @@ from detector.encoding import TargetEncoder
 from detector.loss import DetectionLoss
 from detector.models.yolo import YOLODetector
 from detector.predict import Detector, resolve_device
+from detector.progress import progress
 from detector.validate import validate
 
 NUM_ANCHORS = 9
@@ -330,11 +330,11 @@ def train(options: TrainOptions) -> Path:
         model.train()
         sums = {"box": 0.0, "obj": 0.0, "cls": 0.0, "lmk": 0.0}
         seen, started = 0, time.perf_counter()
-        bar = tqdm(
+        bar = progress(
             loader,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             unit="batch",
-            disable=not (main_process and options.progress),
+            enabled=main_process and options.progress,
         )
         lr = cfg.lr
         for i, (images, targets, _) in enumerate(bar):

@@ -52,6 +52,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as F
 
 from detector.boxes import wh_iou
 from detector.config import Anchors, LossConfig, ModelConfig
@@ -64,8 +65,9 @@ IGNORED = -1  # objectness is "don't care"
 MAX_LOG_SCALE = 6.0  # tw/th clamp before exp(): a box at most e^6 ≈ 400 anchors wide
 PERFECT_LOGIT = 20.0  # |logit| used by targets_to_logits for "certain" probabilities
 
-# Offsets of the values inside the last dimension D.
-BOX = slice(0, 4)
+NO_ANCHOR = -1  # TargetEncoder internal: the anchor of an object that has no slot
+
+# Offsets of the values inside the last dimension D (the box is [0, 4)).
 OBJ = 4
 CLS = 5  # classes occupy [5, 5 + C)
 
@@ -155,6 +157,25 @@ class TargetEncoder:
         self.ignore_threshold = ignore_threshold
         self.grid_sizes = tuple(math.ceil(input_size / s) for s in self.strides)
         self.num_outputs = 5 + num_classes + 2 * num_landmarks
+        # Every (scale, gy, gx, a) slot has one id: all scales' (H, W, A) grids flattened
+        # and concatenated in stride order, P slots in all.
+        num_scales, num_anchors = self.anchors.shape[:2]
+        grid = torch.tensor(self.grid_sizes)  # (S,)
+        self._slots_per_scale = tuple(g * g * num_anchors for g in self.grid_sizes)
+        self._num_slots = sum(self._slots_per_scale)  # P
+        self._first_slot = torch.tensor(  # (S,) id of each scale's slot (0, 0, 0)
+            [sum(self._slots_per_scale[:s]) for s in range(num_scales)]
+        )
+        self._row_slots = grid * num_anchors  # (S,) slots in one row of cells
+        self._num_anchors = num_anchors
+        self._last_cell = grid - 1  # (S,)
+        self._strides = torch.tensor(self.strides, dtype=torch.float64)  # (S,)
+        flat_anchor = torch.arange(num_scales * num_anchors)  # (S*A,) = scale · A + a
+        self._anchor_scale = flat_anchor // num_anchors  # (S*A,)
+        self._anchor_in_scale = flat_anchor % num_anchors  # (S*A,)
+        # Offsets from a centre's cell to its candidate cells, times the per-axis step
+        # towards the nearer edge: the cell itself, the horizontal, the vertical neighbour.
+        self._cell_offsets = torch.tensor([[0, 0], [1, 0], [0, 1]] if neighbour_cells else [[0, 0]])
 
     @classmethod
     def from_config(
@@ -203,6 +224,40 @@ class TargetEncoder:
         Returns:
             :class:`Targets` for this image.
         """
+        boxes, classes, landmarks = self._checked(boxes, classes, landmarks)
+        wh = boxes[:, 2:] - boxes[:, :2]  # (N, 2)
+        valid = (wh > 0).all(1)  # (N,)
+        if not valid.any():
+            return self.empty()
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # (N, 2)
+        shape_iou = wh_iou(wh, self.anchors.reshape(-1, 2))  # (N, S*A)
+        cells, inside = self._centre_cells(centres)  # (N, S, 2) each
+        own_slots = self._slot_ids(cells)  # (N, S*A)
+
+        # Larger objects choose first; the stable sort keeps input order on ties.
+        order = torch.sort(-wh.prod(1), stable=True).indices  # (N,)
+        order = order[valid[order]]  # (M,) the objects to place, in placing order
+        slots, objects, placed_anchor = self._best_slots(shape_iou, own_slots, order)
+        placed = order[placed_anchor[order] != NO_ANCHOR]  # (M',) in placing order
+        if self.positive_iou is not None or self.neighbour_cells:
+            # Each placed object claims its extra anchors in each of its nearest cells.
+            anchors = self._extra_anchors(shape_iou, placed, placed_anchor)  # (M', S*A)
+            near, exists = self._nearest_cells(cells[placed], inside[placed])  # (M', C, S, .)
+            wanted = anchors[:, :, None] & exists[:, :, self._anchor_scale].transpose(1, 2)
+            near_slots = self._slot_ids(near).transpose(1, 2)  # (M', S*A, C)
+            extra_slots, extra_objects = self._claim_free_slots(near_slots, wanted, placed, slots)
+            slots, objects = torch.cat((slots, extra_slots)), torch.cat((objects, extra_objects))
+        # Anchors that fit an object well, in its cell, are ignored unless positives.
+        ignored = own_slots[(shape_iou > self.ignore_threshold) & valid[:, None]]
+        out = self._targets(slots, objects, ignored, centres, wh, classes, landmarks)
+        out.num_dropped = len(order) - len(placed)
+        return out
+
+    def _checked(
+        self, boxes: torch.Tensor, classes: torch.Tensor, landmarks: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The inputs as ``(N, 4)`` float32, ``(N,)`` int64 and ``(N, K, 3)`` float32 (or
+        ``None``); ``ValueError`` when they do not fit together or a class id is out of range."""
         boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
         classes = torch.as_tensor(classes, dtype=torch.int64).reshape(-1)
         if len(classes) != len(boxes):
@@ -218,97 +273,188 @@ class TargetEncoder:
                 raise ValueError(
                     f"landmarks must have shape ({len(boxes)}, {k}, 3), got {tuple(landmarks.shape)}"
                 )
-        out = self.empty()
-        wh = boxes[:, 2:] - boxes[:, :2]  # (N, 2)
-        valid = (wh > 0).all(1)
-        if not valid.any():
-            return out
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # (N, 2)
-        num_scales, num_anchors = self.anchors.shape[:2]
-        flat_anchors = self.anchors.reshape(-1, 2)  # (S*A, 2)
-        shape_iou = wh_iou(wh, flat_anchors)  # (N, S*A)
+        return boxes, classes, landmarks
 
-        # Larger objects choose first; the stable sort keeps input order on ties.
-        area = wh.prod(1)
-        order = torch.sort(-area, stable=True).indices.tolist()
-        best: dict[int, int] = {}  # object -> the flat anchor index of its best free slot
-        for n in order:
-            if not valid[n]:
-                continue
-            for flat in torch.sort(-shape_iou[n], stable=True).indices.tolist():
-                scale, a = divmod(flat, num_anchors)
-                gx, gy = self._cell(centres[n], scale)
-                if out.state[scale][gy, gx, a] == POSITIVE:
-                    continue
-                self._place(out, scale, gy, gx, a, n, centres, wh, classes, landmarks)
-                best[n] = flat
-                break
-            else:
-                out.num_dropped += 1
+    def _centre_cells(self, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cell holding each centre at every scale, ``g = floor(c / stride)`` in
+        float64, clamped into the grid.
 
-        if self.positive_iou is not None or self.neighbour_cells:
-            for n in order:
-                if n not in best:
-                    continue
-                flats = {best[n]}
-                if self.positive_iou is not None:
-                    flats.update(torch.nonzero(shape_iou[n] > self.positive_iou).flatten().tolist())
-                for flat in sorted(flats):
-                    scale, a = divmod(flat, num_anchors)
-                    for gx, gy in self._cells(centres[n], scale):
-                        if out.state[scale][gy, gx, a] != POSITIVE:
-                            self._place(out, scale, gy, gx, a, n, centres, wh, classes, landmarks)
+        Args:
+            centres: ``(N, 2)`` xy in input pixels.
 
-        # Ignore non-positive anchors that fit some object well, in that object's cell.
-        for n in range(len(boxes)):
-            if not valid[n]:
-                continue
-            for flat in torch.nonzero(shape_iou[n] > self.ignore_threshold).flatten().tolist():
-                scale, a = divmod(flat, num_anchors)
-                gx, gy = self._cell(centres[n], scale)
-                if out.state[scale][gy, gx, a] == NEGATIVE:
-                    out.state[scale][gy, gx, a] = IGNORED
-        return out
+        Returns:
+            ``(N, S, 2)`` int64 cells ``(gx, gy)``, and ``(N, S, 2)`` float64 positions of
+            the centres inside them in cells (in ``[0, 1]`` unless clamped).
+        """
+        scaled = centres.double()[:, None, :] / self._strides[:, None]  # (N, S, 2)
+        cells = torch.minimum(scaled.floor().clamp(min=0), self._last_cell[:, None]).long()
+        return cells, scaled - cells
 
-    def _cell(self, centre: torch.Tensor, scale: int) -> tuple[int, int]:
-        """The (gx, gy) cell of a centre at one scale, clamped into the grid."""
-        g = self.grid_sizes[scale]
-        stride = self.strides[scale]
-        gx = min(max(int(math.floor(float(centre[0]) / stride)), 0), g - 1)
-        gy = min(max(int(math.floor(float(centre[1]) / stride)), 0), g - 1)
-        return gx, gy
+    def _slot_ids(self, cells: torch.Tensor) -> torch.Tensor:
+        """Slot ids of every flat anchor ``scale · A + a`` in a cell of its scale.
 
-    def _cells(self, centre: torch.Tensor, scale: int) -> list[tuple[int, int]]:
-        """The centre's cell, then (with ``neighbour_cells``) the horizontal and the
-        vertical neighbour on the side of the nearer cell edge, where the grid has one."""
-        gx, gy = self._cell(centre, scale)
-        cells = [(gx, gy)]
-        if self.neighbour_cells:
-            g = self.grid_sizes[scale]
-            fx, fy = (float(v) / self.strides[scale] for v in centre)
-            fx, fy = fx - gx, fy - gy  # position inside the cell, in [0, 1] once clamped
-            if fx < 0.5 and gx > 0:
-                cells.append((gx - 1, gy))
-            elif fx > 0.5 and gx < g - 1:
-                cells.append((gx + 1, gy))
-            if fy < 0.5 and gy > 0:
-                cells.append((gx, gy - 1))
-            elif fy > 0.5 and gy < g - 1:
-                cells.append((gx, gy + 1))
-        return cells
+        Args:
+            cells: ``(..., S, 2)`` int64 ``(gx, gy)``, one cell per scale.
 
-    def _place(self, out, scale, gy, gx, a, n, centres, wh, classes, landmarks) -> None:
-        """Make the free (all-zero) slot ``(scale, gy, gx, a)`` a positive for object ``n``."""
-        t = out.target[scale][gy, gx, a]  # (D,) view
-        t[0:2] = centres[n]
-        t[2:4] = wh[n]
-        t[OBJ] = 1.0
-        t[CLS + int(classes[n])] = 1.0
-        out.state[scale][gy, gx, a] = POSITIVE
-        if landmarks is not None and self.num_landmarks:
-            lm_start = CLS + self.num_classes
-            t[lm_start:] = landmarks[n, :, :2].reshape(-1)
-            out.landmark_mask[scale][gy, gx, a] = landmarks[n, :, 2] > 0
+        Returns:
+            ``(..., S*A)`` int64 ids of slot ``(scale, gy, gx, a)`` for each flat anchor.
+        """
+        first = self._first_slot + cells[..., 1] * self._row_slots
+        first = first + cells[..., 0] * self._num_anchors  # (..., S) id of anchor 0's slot
+        return first[..., self._anchor_scale] + self._anchor_in_scale  # (..., S*A)
+
+    def _best_slots(
+        self, shape_iou: torch.Tensor, own_slots: torch.Tensor, order: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Best slot: each object, in ``order``, takes the slot of its best-fitting anchor in
+        the cell holding its centre; if that slot is taken, its next-best anchor's, and so
+        on. Sequential: who loses a collision depends on who came first.
+
+        Args:
+            shape_iou: ``(N, S*A)`` shape IoU of each object with each flat anchor.
+            own_slots: ``(N, S*A)`` slot id of each flat anchor in the object's cell.
+            order: ``(M,)`` the objects to place, in placing order.
+
+        Returns:
+            ``(M',)`` int64 slot ids taken and ``(M',)`` their objects, in placing order;
+            ``(N,)`` int64 the flat anchor each object was placed at, ``NO_ANCHOR`` for an
+            object that found every slot taken (dropped) or was not placed.
+        """
+        # Anchors best first; the stable sort puts the lower index first on equal IoU.
+        preference = torch.sort(-shape_iou, dim=1, stable=True).indices  # (N, S*A)
+        candidates = own_slots.gather(1, preference).tolist()  # N lists of S*A slot ids
+        preference = preference.tolist()
+        placed_anchor = [NO_ANCHOR] * len(shape_iou)
+        taken: dict[int, int] = {}  # slot id -> object
+        for n in order.tolist():
+            for anchor, slot in zip(preference[n], candidates[n], strict=True):
+                if slot not in taken:
+                    taken[slot] = n
+                    placed_anchor[n] = anchor
+                    break
+        slots = torch.tensor(list(taken), dtype=torch.int64)
+        objects = torch.tensor(list(taken.values()), dtype=torch.int64)
+        return slots, objects, torch.tensor(placed_anchor)
+
+    def _extra_anchors(
+        self, shape_iou: torch.Tensor, placed: torch.Tensor, placed_anchor: torch.Tensor
+    ) -> torch.Tensor:
+        """Extra anchors: each placed object's own anchor and every anchor (any scale) whose
+        shape IoU with its box is above ``positive_iou``.
+
+        Args:
+            shape_iou: ``(N, S*A)``.
+            placed: ``(M',)`` the objects that have a best slot.
+            placed_anchor: ``(N,)`` from :meth:`_best_slots`.
+
+        Returns:
+            ``(M', S*A)`` bool, rows in the order of ``placed``.
+        """
+        anchors = torch.zeros(len(placed), shape_iou.shape[1], dtype=torch.bool)  # (M', S*A)
+        anchors[torch.arange(len(placed)), placed_anchor[placed]] = True
+        if self.positive_iou is not None:
+            anchors |= shape_iou[placed] > self.positive_iou
+        return anchors
+
+    def _nearest_cells(
+        self, cells: torch.Tensor, inside: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each centre's candidate cells: its own, then (with ``neighbour_cells``) the
+        horizontal and the vertical neighbour on the side of the nearer cell edge, where
+        the grid has one (a centre exactly halfway across has no neighbour on that axis).
+
+        Args:
+            cells, inside: ``(N, S, 2)`` from :meth:`_centre_cells`.
+
+        Returns:
+            ``(N, C, S, 2)`` int64 cells ``(gx, gy)`` (``C`` = 3, or 1 without
+            ``neighbour_cells``) and ``(N, C, S)`` bool: whether each cell is a candidate.
+        """
+        lower = (inside < 0.5) & (cells > 0)  # (N, S, 2)
+        upper = (inside > 0.5) & (cells < self._last_cell[:, None])  # (N, S, 2)
+        step = upper.long() - lower.long()  # (N, S, 2) in {-1, 0, 1}
+        offsets = step[:, None] * self._cell_offsets[None, :, None, :]  # (N, C, S, 2)
+        exists = offsets.any(-1)  # (N, C, S)
+        exists[:, 0] = True  # the centre's own cell
+        return cells[:, None] + offsets, exists
+
+    def _claim_free_slots(
+        self, slots: torch.Tensor, wanted: torch.Tensor, claimant: torch.Tensor, taken: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Extra positives: every wanted slot that no best slot holds goes to its first claim.
+
+        Args:
+            slots: ``(M', S*A, C)`` int64 slot ids, in claiming order when flattened
+                (object in placing order, flat anchor, cell).
+            wanted: ``(M', S*A, C)`` bool: which of them are claimed.
+            claimant: ``(M',)`` the object of each row.
+            taken: ``(B,)`` int64 the best slots, which keep their objects.
+
+        Returns:
+            ``(U,)`` int64 distinct slot ids and ``(U,)`` their objects.
+        """
+        objects = claimant[:, None, None].expand_as(slots)[wanted]  # (Q,) row-major: in order
+        slots = slots[wanted]  # (Q,)
+        is_taken = torch.zeros(self._num_slots, dtype=torch.bool)  # (P,)
+        is_taken[taken] = True
+        free = ~is_taken[slots]  # (Q,)
+        slots, objects = slots[free], objects[free]  # (Q',)
+        unique_slots, which = torch.unique(slots, return_inverse=True)  # (U,), (Q',)
+        first_claim = torch.full(unique_slots.shape, len(slots)).scatter_reduce(
+            0, which, torch.arange(len(slots)), "amin"
+        )  # (U,) index of each slot's first claim
+        return unique_slots, objects[first_claim]
+
+    def _targets(
+        self,
+        slots: torch.Tensor,
+        objects: torch.Tensor,
+        ignored: torch.Tensor,
+        centres: torch.Tensor,
+        wh: torch.Tensor,
+        classes: torch.Tensor,
+        landmarks: torch.Tensor | None,
+    ) -> Targets:
+        """The per-scale targets of an assignment: each assigned slot is a positive with
+        its object's box, class and landmarks; an ignored slot that is not a positive is
+        ``IGNORED``; every other slot is a negative.
+
+        Args:
+            slots: ``(Q,)`` int64 distinct slot ids of the positives; objects: ``(Q,)``.
+            ignored: ``(I,)`` int64 slot ids, repeats allowed.
+            centres, wh: ``(N, 2)`` input pixels; classes: ``(N,)``;
+            landmarks: ``(N, K, 3)`` or ``None`` (no landmark targets, mask all False).
+        """
+        n, k = len(centres), self.num_landmarks
+        has_landmarks = landmarks is not None and k > 0
+        rows = torch.cat(  # (N, D) each object's target values
+            (
+                centres,
+                wh,
+                torch.ones(n, 1),
+                F.one_hot(classes, self.num_classes).float(),
+                landmarks[:, :, :2].reshape(n, 2 * k) if has_landmarks else torch.zeros(n, 2 * k),
+            ),
+            1,
+        )
+        visible = landmarks[:, :, 2] > 0 if has_landmarks else torch.zeros(n, k, dtype=torch.bool)
+        target = torch.zeros(self._num_slots, self.num_outputs)  # (P, D)
+        target[slots] = rows[objects]
+        state = torch.full((self._num_slots,), NEGATIVE, dtype=torch.int8)  # (P,)
+        state[ignored] = IGNORED
+        state[slots] = POSITIVE
+        landmark_mask = torch.zeros(self._num_slots, k, dtype=torch.bool)  # (P, K)
+        landmark_mask[slots] = visible[objects]
+        # Per-scale views: (P, ...) → S × (H, W, A, ...).
+        shapes = [(g, g, self._num_anchors) for g in self.grid_sizes]
+        split = self._slots_per_scale
+        return Targets(
+            target=[t.view(*s, -1) for t, s in zip(target.split(split), shapes, strict=True)],
+            state=[t.view(s) for t, s in zip(state.split(split), shapes, strict=True)],
+            landmark_mask=[
+                t.view(*s, k) for t, s in zip(landmark_mask.split(split), shapes, strict=True)
+            ],
+        )
 
 
 @dataclass

@@ -3,6 +3,11 @@
 ``train(options)`` runs a whole training from Python; ``detector train`` fills the same
 :class:`TrainOptions`. Multi-GPU or multi-node: launch with ``torchrun``; every process
 trains on its shard, only rank 0 validates and writes.
+
+``train`` is a loop over four steps that share a :class:`TrainRun`: :func:`set_up` (process
+group, device, data, anchors, model, EMA, optimizer, resume), :func:`train_one_epoch`,
+:func:`validate_and_checkpoint` (rank 0; returns whether to stop early) and :func:`finish`
+(plots, process group teardown).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -21,7 +27,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
-from tqdm import tqdm
 
 from detector.anchors import (
     best_possible_recall,
@@ -36,14 +41,17 @@ from detector.config import ModelConfig, TrainConfig
 from detector.data.dataset import DetectionDataset, collate
 from detector.data.formats import load_dataset
 from detector.data.transforms import AugmentConfig, Augmenter
+from detector.data.types import DatasetInfo
 from detector.device import resolve_device
 from detector.encoding import TargetEncoder
 from detector.loss import DetectionLoss
 from detector.models.yolo import YOLODetector
 from detector.predict import Detector
+from detector.progress import progress
 from detector.validate import validate
 
 NUM_ANCHORS = 9
+LAST, BEST, RESULTS = "last.safetensors", "best.safetensors", "results.csv"  # in options.out
 MIN_WARMUP_STEPS = 50
 RESULTS_FIELDS = (
     "epoch",
@@ -190,30 +198,204 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
 
 
-def train(options: TrainOptions) -> Path:
-    """Train, validating every epoch; returns the path of the best checkpoint."""
-    rank, local_rank, world = _distributed()
-    main_process = rank == 0
+@dataclass
+class TrainRun:
+    """What the steps of one training run share: built by :func:`set_up`, then updated by
+    :func:`validate_and_checkpoint` after every epoch."""
+
+    options: TrainOptions
+    rank: int  # this process's rank; 0 validates, logs and writes
+    world: int  # number of processes (1 without torchrun)
+    device: torch.device
+    val_info: DatasetInfo
+    model_config: ModelConfig
+    model: YOLODetector  # the weights the optimizer moves
+    train_model: torch.nn.Module  # ``model``, or its DistributedDataParallel wrapper
+    ema: ModelEMA
+    optimizer: torch.optim.Optimizer
+    criterion: DetectionLoss
+    dataset: DetectionDataset
+    augmenter: Augmenter  # the configured augmentation (close_mosaic swaps the dataset's)
+    metadata: dict  # what every checkpoint records about the run
+    start_epoch: int = 0  # > 0 when resumed
+    best_fitness: float = -1.0
+    stale: int = 0  # epochs since the fitness last improved
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.options.config
+
+    @property
+    def main_process(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def out(self) -> Path:
+        return Path(self.options.out)
+
+    def log(self, msg: str) -> None:
+        """Print on the main process only."""
+        _logger(self.main_process)(msg)
+
+
+def _logger(main_process: bool) -> Callable[[str], None]:
+    """``print`` (flushed) on the main process; nothing on the others."""
 
     def log(msg: str) -> None:
         if main_process:
             print(msg, flush=True)
 
-    device = resolve_device(options.device)
+    return log
+
+
+@dataclass
+class EpochStats:
+    """What :func:`train_one_epoch` measured."""
+
+    lr: float  # the learning rate of the last step
+    loss_sums: dict[str, float]  # per loss term, the sum over this process's images
+    seen: int  # images this process trained on
+    seconds: float
+
+    def mean(self, term: str) -> float:
+        return self.loss_sums[term] / self.seen
+
+
+def train(options: TrainOptions) -> Path:
+    """Train, validating every epoch; returns the path of the best checkpoint."""
+    run = set_up(options)
+    for epoch in range(run.start_epoch, run.cfg.epochs):
+        stats = train_one_epoch(run, epoch)
+        if validate_and_checkpoint(run, epoch, stats):
+            break
+        if options.stop_after_epochs and epoch + 1 - run.start_epoch >= options.stop_after_epochs:
+            run.log(f"stopping after {options.stop_after_epochs} epochs of this run (resumable)")
+            break
+    return finish(run)
+
+
+def set_up(options: TrainOptions) -> TrainRun:
+    """Everything before the first epoch: the process group (under torchrun), the device,
+    the data, the anchors, the model, EMA and optimizer, and their state on resume."""
+    rank, local_rank, world = _distributed()
+    log = _logger(rank == 0)
+    cfg = options.config
+    device = _set_up_device(options.device, local_rank, world, cfg.workers)
+    train_info, val_info = _load_data(options, log)
+    model_config, resume_state, init_state = _start_from(options, train_info, log)
+
+    torch.manual_seed(cfg.seed)
+    # Channels-last convolutions: measured here 1.25x the training steps/s of NCHW on
+    # the CPU (tiny, 320, batch 8); on CUDA they are what bf16 tensor cores want.
+    model = YOLODetector(model_config).to(device, memory_format=torch.channels_last)
+    if init_state is not None:
+        model.load_state_dict(init_state.inference_state)
+    ema = ModelEMA(model, cfg.ema_decay)
+    optimizer = make_optimizer(model, cfg)
+    start_epoch, best_fitness, stale = 0, -1.0, 0
+    if resume_state is not None:
+        start_epoch, best_fitness, stale = _restore(model, ema, optimizer, resume_state)
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    encoder = TargetEncoder.from_config(model_config, cfg.loss)
+    augmenter = Augmenter(options.augment, model_config.input_size, model_config.flip_idx or None)
+    dataset = DetectionDataset(
+        train_info, encoder, augmenter, augment=True, seed=cfg.seed, cache=options.cache
+    )
+    if options.cache:
+        log(f"cached {len(dataset)} decoded images: {dataset.cache_bytes() / 2**20:.0f} MiB")
+    run = TrainRun(
+        options=options,
+        rank=rank,
+        world=world,
+        device=device,
+        val_info=val_info,
+        model_config=model_config,
+        model=model,
+        train_model=train_model,
+        ema=ema,
+        optimizer=optimizer,
+        criterion=DetectionLoss(model_config, cfg.loss).to(device),
+        dataset=dataset,
+        augmenter=augmenter,
+        metadata={
+            "command": options.command,
+            "dataset": str(options.data),
+            "dataset_hash": dataset_hash(train_info.samples),
+            "train_options": {
+                k: v for k, v in asdict(options).items() if k not in ("config", "augment")
+            },
+            "train_config": asdict(cfg),
+            "augment": asdict(options.augment),
+        },
+        start_epoch=start_epoch,
+        best_fitness=best_fitness,
+        stale=stale,
+    )
+    if run.main_process:
+        run.out.mkdir(parents=True, exist_ok=True)
+        start_results(run.out / RESULTS, None if resume_state is None else start_epoch)
+    return run
+
+
+def _start_from(
+    options: TrainOptions, train_info: DatasetInfo, log: Callable[[str], None]
+) -> tuple[ModelConfig, Checkpoint | None, Checkpoint | None]:
+    """The model's configuration, and the checkpoint to resume (``--resume``: out/last)
+    or to take the first weights from (``--init``); a new model gets k-means anchors."""
+    if options.resume:
+        last_path = Path(options.out) / LAST
+        if not last_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
+        resume_state = Checkpoint.load(last_path)
+        log(f"resuming from {last_path} after epoch {resume_state.metadata['epoch'] + 1}")
+        return resume_state.config, resume_state, None
+    if options.init:
+        init_state = Checkpoint.load(options.init)
+        model_config = init_state.config
+        if list(model_config.names) != list(train_info.names):
+            raise ValueError(
+                f"--init {options.init}: its classes {list(model_config.names)} differ from the "
+                f"dataset's {train_info.names}"
+            )
+        log(f"initialised from {options.init} (size {model_config.size}, its anchors)")
+        return model_config, None, init_state
+    model_config = ModelConfig(
+        num_classes=len(train_info.names),
+        size=options.model,
+        input_size=options.imgsz,
+        anchors=fit_anchors(train_info, options.imgsz, options.config.seed, log),
+        num_landmarks=train_info.kpt_shape[0] if train_info.kpt_shape else 0,
+        class_names=tuple(train_info.names),
+        flip_idx=tuple(train_info.flip_idx or ()),
+    )
+    return model_config, None, None
+
+
+def _set_up_device(name: str, local_rank: int, world: int, workers: int) -> torch.device:
+    """The training device; under torchrun also this process's GPU and the process group
+    (NCCL on CUDA, gloo on the CPU). On the CPU, the intra-op threads."""
+    device = resolve_device(name)
     if world > 1:
         if device.type == "cuda":
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    cfg = options.config
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Leave a core to each data worker: oversubscribed OpenMP threads wait on each
         # other at every barrier (measured here: 2 threads on a busy 2-core machine ran a
         # step 5x slower than 1 thread).
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.workers))
-    out = Path(options.out)
-    last_path, best_path = out / "last.safetensors", out / "best.safetensors"
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+    return device
 
+
+def _load_data(
+    options: TrainOptions, log: Callable[[str], None]
+) -> tuple[DatasetInfo, DatasetInfo]:
+    """The training and validation splits; logs their sizes and the first skipped samples."""
     train_info = load_dataset(options.data, options.train_split, strict=options.strict)
     val_info = load_dataset(options.data, options.val_split, strict=options.strict)
     for split, info in ((options.train_split, train_info), (options.val_split, val_info)):
@@ -223,228 +405,175 @@ def train(options: TrainOptions) -> Path:
         )
         for message in info.skipped[:5]:
             log(f"  skipped: {message}")
-    num_landmarks = train_info.kpt_shape[0] if train_info.kpt_shape else 0
+    return train_info, val_info
 
-    resume_state = None
-    if options.resume:
-        if not last_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
-        resume_state = Checkpoint.load(last_path)
-        model_config = resume_state.config
-        log(f"resuming from {last_path} after epoch {resume_state.metadata['epoch'] + 1}")
-    elif options.init:
-        init_state = Checkpoint.load(options.init)
-        model_config = init_state.config
-        if list(model_config.names) != list(train_info.names):
-            raise ValueError(
-                f"--init {options.init}: its classes {list(model_config.names)} differ from the "
-                f"dataset's {train_info.names}"
-            )
-        log(f"initialised from {options.init} (size {model_config.size}, its anchors)")
+
+def _restore(
+    model: torch.nn.Module, ema: ModelEMA, optimizer: torch.optim.Optimizer, state: Checkpoint
+) -> tuple[int, float, int]:
+    """Resume from ``state`` (a last checkpoint): load the weights, EMA and optimizer;
+    returns the epoch to start at, the best fitness so far and the stale epochs."""
+    model.load_state_dict(state.model_state)
+    ema.module.load_state_dict(state.ema_state)
+    optimizer.load_state_dict(state.optimizer_state)
+    meta = state.metadata
+    ema.updates = meta["ema_updates"]
+    return meta["epoch"] + 1, meta["best_fitness"], meta["stale_epochs"]
+
+
+def _epoch_loader(run: TrainRun, epoch: int) -> DataLoader:
+    """This epoch's batches: its augmentation seed and shuffle (this process's shard under
+    DDP); whole images for the last ``close_mosaic`` epochs."""
+    cfg, dataset = run.cfg, run.dataset
+    dataset.set_epoch(epoch)
+    if cfg.close_mosaic and epoch >= cfg.epochs - cfg.close_mosaic:
+        # The last epochs see whole images, as validation and inference do.
+        augmenter = run.augmenter
+        dataset.augmenter = replace(augmenter, config=replace(augmenter.config, mosaic=0.0))
+        if epoch == cfg.epochs - cfg.close_mosaic:
+            run.log(f"mosaic off for the last {cfg.close_mosaic} epochs")
+    if run.world > 1:
+        sampler = DistributedSampler(dataset, run.world, run.rank, shuffle=True, seed=cfg.seed)
+        sampler.set_epoch(epoch)
     else:
-        model_config = ModelConfig(
-            num_classes=len(train_info.names),
-            size=options.model,
-            input_size=options.imgsz,
-            anchors=fit_anchors(train_info, options.imgsz, cfg.seed, log),
-            num_landmarks=num_landmarks,
-            class_names=tuple(train_info.names),
-            flip_idx=tuple(train_info.flip_idx or ()),
+        sampler = RandomSampler(
+            dataset, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         )
-
-    torch.manual_seed(cfg.seed)
-    # Channels-last convolutions: measured here 1.25x the training steps/s of NCHW on
-    # the CPU (tiny, 320, batch 8); on CUDA they are what bf16 tensor cores want.
-    model = YOLODetector(model_config).to(device, memory_format=torch.channels_last)
-    if options.init and resume_state is None:
-        model.load_state_dict(init_state.inference_state)
-    ema = ModelEMA(model, cfg.ema_decay)
-    optimizer = make_optimizer(model, cfg)
-    start_epoch, best_fitness, stale = 0, -1.0, 0
-    if resume_state is not None:
-        model.load_state_dict(resume_state.model_state)
-        ema.module.load_state_dict(resume_state.ema_state)
-        optimizer.load_state_dict(resume_state.optimizer_state)
-        meta = resume_state.metadata
-        start_epoch, best_fitness, stale = (
-            meta["epoch"] + 1,
-            meta["best_fitness"],
-            meta["stale_epochs"],
-        )
-        ema.updates = meta["ema_updates"]
-    train_model = model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    encoder = TargetEncoder.from_config(model_config, cfg.loss)
-    augmenter = Augmenter(options.augment, model_config.input_size, model_config.flip_idx or None)
-    dataset = DetectionDataset(
-        train_info, encoder, augmenter, augment=True, seed=cfg.seed, cache=options.cache
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        collate_fn=collate,
+        pin_memory=run.device.type == "cuda",
+        drop_last=False,
     )
-    if options.cache:
-        log(f"cached {len(dataset)} decoded images: {dataset.cache_bytes() / 2**20:.0f} MiB")
-    criterion = DetectionLoss(model_config, cfg.loss).to(device)
+
+
+def train_one_epoch(run: TrainRun, epoch: int) -> EpochStats:
+    """One pass over this process's shard: schedule, forward (bf16 autocast on CUDA),
+    loss, backward, clipped step, EMA update; a progress bar with the running means."""
+    cfg, device = run.cfg, run.device
     use_amp = cfg.amp and device.type == "cuda"
-    steps_per_epoch = math.ceil(len(dataset) / (cfg.batch_size * world))
+    steps_per_epoch = math.ceil(len(run.dataset) / (cfg.batch_size * run.world))
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = max(MIN_WARMUP_STEPS, round(cfg.warmup_epochs * steps_per_epoch))
-    if main_process:
-        out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.csv"
-    if main_process:
-        start_results(results_path, None if resume_state is None else start_epoch)
-    metadata = {
-        "command": options.command,
-        "dataset": str(options.data),
-        "dataset_hash": dataset_hash(train_info.samples),
-        "train_options": {
-            k: v for k, v in asdict(options).items() if k not in ("config", "augment")
-        },
-        "train_config": asdict(cfg),
-        "augment": asdict(options.augment),
-    }
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, cfg.epochs):
-        dataset.set_epoch(epoch)
-        if cfg.close_mosaic and epoch >= cfg.epochs - cfg.close_mosaic:
-            # The last epochs see whole images, as validation and inference do.
-            dataset.augmenter = replace(augmenter, config=replace(augmenter.config, mosaic=0.0))
-            if epoch == cfg.epochs - cfg.close_mosaic:
-                log(f"mosaic off for the last {cfg.close_mosaic} epochs")
-        if world > 1:
-            sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed)
-            sampler.set_epoch(epoch)
-        else:
-            sampler = RandomSampler(
-                dataset, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-            )
-        loader = DataLoader(
-            dataset,
-            batch_size=cfg.batch_size,
-            sampler=sampler,
-            num_workers=cfg.workers,
-            collate_fn=collate,
-            pin_memory=device.type == "cuda",
-            drop_last=False,
-        )
-        model.train()
-        sums = {"box": 0.0, "obj": 0.0, "cls": 0.0, "lmk": 0.0}
-        seen, started = 0, time.perf_counter()
-        bar = tqdm(
-            loader,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            unit="batch",
-            disable=not (main_process and options.progress),
-        )
-        lr = cfg.lr
-        for i, (images, targets, _) in enumerate(bar):
-            step = epoch * steps_per_epoch + i
-            lr = learning_rate(step, total_steps, warmup_steps, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images = images.to(device, non_blocking=True).float().div_(255)
-            images = images.contiguous(memory_format=torch.channels_last)
-            targets = targets.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                outputs = train_model(images)
-            loss, items = criterion([o.float() for o in outputs], targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
-            optimizer.step()
-            ema.update(model)
-            seen += len(images)
-            for k, v in items.as_dict().items():
-                sums[k] += v * len(images)
-            rate = seen * world / (time.perf_counter() - started)
-            bar.set_postfix(
-                {k: f"{v / seen:.4f}" for k, v in sums.items() if k != "lmk" or num_landmarks}
-                | {"img/s": f"{rate:.1f}"}
-            )
-        bar.close()
-        seconds = time.perf_counter() - started
+    run.model.train()
+    sums = {"box": 0.0, "obj": 0.0, "cls": 0.0, "lmk": 0.0}
+    seen, started = 0, time.perf_counter()
+    bar = progress(
+        _epoch_loader(run, epoch),
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        unit="batch",
+        enabled=run.main_process and run.options.progress,
+    )
+    lr = cfg.lr
+    for i, (images, targets, _) in enumerate(bar):
+        lr = learning_rate(epoch * steps_per_epoch + i, total_steps, warmup_steps, cfg)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        images = images.to(device, non_blocking=True).float().div_(255)
+        images = images.contiguous(memory_format=torch.channels_last)
+        targets = targets.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            outputs = run.train_model(images)
+        loss, items = run.criterion([o.float() for o in outputs], targets)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm=10.0)
+        run.optimizer.step()
+        run.ema.update(run.model)
+        seen += len(images)
+        for k, v in items.as_dict().items():
+            sums[k] += v * len(images)
+        rate = seen * run.world / (time.perf_counter() - started)
+        shown = {k: v for k, v in sums.items() if k != "lmk" or run.model_config.num_landmarks}
+        bar.set_postfix({k: f"{v / seen:.4f}" for k, v in shown.items()} | {"img/s": f"{rate:.1f}"})
+    bar.close()
+    return EpochStats(lr, sums, seen, time.perf_counter() - started)
 
-        stop = torch.zeros(1, device=device)
-        if main_process:
-            detector = Detector(ema.module, model_config, device)
-            val = validate(
-                detector,
-                val_info,
-                batch_size=cfg.batch_size,
-                workers=cfg.workers,
-                progress=options.progress,
-            )
-            r = val.result
-            fitness = 0.1 * _nz(r.ap50) + 0.9 * _nz(r.ap)
-            improved = fitness > best_fitness
-            best_fitness, stale = (fitness, 0) if improved else (best_fitness, stale + 1)
-            row = [
-                epoch + 1,
-                f"{lr:.6f}",
-                *(f"{sums[k] / seen:.5f}" for k in ("box", "obj", "cls", "lmk")),
-                f"{_nz(r.ap):.5f}",
-                f"{_nz(r.ap50):.5f}",
-                f"{_nz(r.ap75):.5f}",
-                f"{seen * world / seconds:.1f}",
-                f"{seconds:.1f}",
-            ]
-            with results_path.open("a", newline="") as f:
-                csv.writer(f).writerow(row)
-            log(
-                f"epoch {epoch + 1}: AP {_nz(r.ap):.4f}  AP50 {_nz(r.ap50):.4f}  AP75 {_nz(r.ap75):.4f}"
-                + ("  (best)" if improved else "")
-            )
-            checkpoint = Checkpoint(
-                model_config,
-                "grid",
-                {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                {k: v.detach().cpu() for k, v in ema.module.state_dict().items()},
-                optimizer.state_dict(),
-                metadata
-                | {
-                    "epoch": epoch,
-                    "best_fitness": best_fitness,
-                    "stale_epochs": stale,
-                    "ema_updates": ema.updates,
-                    "metrics": r.to_dict(),
-                },
-            )
-            checkpoint.save(last_path)
-            if improved:
-                checkpoint.for_inference().save(best_path)
-            if cfg.patience and stale >= cfg.patience:
-                log(f"early stop: no improvement for {stale} epochs")
-                stop += 1
-        if world > 1:
-            dist.broadcast(stop, 0)
-        if stop.item():
-            break
-        if options.stop_after_epochs and epoch + 1 - start_epoch >= options.stop_after_epochs:
-            log(f"stopping after {options.stop_after_epochs} epochs of this run (resumable)")
-            break
 
-    if main_process and options.plots and best_path.exists():
+def validate_and_checkpoint(run: TrainRun, epoch: int, stats: EpochStats) -> bool:
+    """On the main process: validate the EMA weights, append the epoch's row to
+    ``results.csv``, save ``last`` (and ``best`` when the fitness improved). Returns
+    whether to stop early (patience ran out), agreed by every process."""
+    stop = torch.zeros(1, device=run.device)
+    if run.main_process:
+        detector = Detector(run.ema.module, run.model_config, run.device)
+        val = validate(
+            detector,
+            run.val_info,
+            batch_size=run.cfg.batch_size,
+            workers=run.cfg.workers,
+            progress=run.options.progress,
+        )
+        r = val.result
+        fitness = 0.1 * _nz(r.ap50) + 0.9 * _nz(r.ap)
+        improved = fitness > run.best_fitness
+        run.best_fitness, run.stale = (
+            (fitness, 0) if improved else (run.best_fitness, run.stale + 1)
+        )
+        images_per_s = stats.seen * run.world / stats.seconds
+        row = [
+            epoch + 1,
+            f"{stats.lr:.6f}",
+            *(f"{stats.mean(k):.5f}" for k in ("box", "obj", "cls", "lmk")),
+            f"{_nz(r.ap):.5f}",
+            f"{_nz(r.ap50):.5f}",
+            f"{_nz(r.ap75):.5f}",
+            f"{images_per_s:.1f}",
+            f"{stats.seconds:.1f}",
+        ]
+        with (run.out / RESULTS).open("a", newline="") as f:
+            csv.writer(f).writerow(row)
+        run.log(
+            f"epoch {epoch + 1}: AP {_nz(r.ap):.4f}  AP50 {_nz(r.ap50):.4f}  AP75 {_nz(r.ap75):.4f}"
+            + ("  (best)" if improved else "")
+        )
+        checkpoint = Checkpoint(
+            run.model_config,
+            "grid",
+            {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+            {k: v.detach().cpu() for k, v in run.ema.module.state_dict().items()},
+            run.optimizer.state_dict(),
+            run.metadata
+            | {
+                "epoch": epoch,
+                "best_fitness": run.best_fitness,
+                "stale_epochs": run.stale,
+                "ema_updates": run.ema.updates,
+                "metrics": r.to_dict(),
+            },
+        )
+        checkpoint.save(run.out / LAST)
+        if improved:
+            checkpoint.for_inference().save(run.out / BEST)
+        if run.cfg.patience and run.stale >= run.cfg.patience:
+            run.log(f"early stop: no improvement for {run.stale} epochs")
+            stop += 1
+    if run.world > 1:
+        dist.broadcast(stop, 0)
+    return bool(stop.item())
+
+
+def finish(run: TrainRun) -> Path:
+    """After the last epoch: plots (main process), the process group's teardown; returns
+    the best checkpoint's path."""
+    if run.main_process and run.options.plots and (run.out / BEST).exists():
         from detector.plots import training_plots
 
-        for path in training_plots(out, best_path, val_info, device):
-            log(f"plot: {path}")
-    if world > 1:
+        for path in training_plots(run.out, run.out / BEST, run.val_info, run.device):
+            run.log(f"plot: {path}")
+    if run.world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    log(f"done: best {best_path} (fitness {best_fitness:.4f}), last {last_path}")
-    return best_path
+    run.log(f"done: best {run.out / BEST} (fitness {run.best_fitness:.4f}), last {run.out / LAST}")
+    return run.out / BEST
 
 
 def _nz(value: float) -> float:
     """nan (undefined metric) as 0 for arithmetic."""
     return 0.0 if value != value else float(value)
-
-
-def options_with(options: TrainOptions, **config_changes) -> TrainOptions:
-    """A copy of ``options`` with fields of its ``TrainConfig`` replaced."""
-    return replace(options, config=replace(options.config, **config_changes))
 
 
 if __name__ == "__main__":  # python -m detector.train is the same as `detector train`

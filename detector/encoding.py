@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from detector.boxes import wh_iou
+from detector.boxes import box_convert, wh_iou
 from detector.config import Anchors, LossConfig, ModelConfig
 
 # States of a (cell, anchor) slot in Targets.state.
@@ -535,8 +535,7 @@ def decode(outputs: list[torch.Tensor], config: ModelConfig) -> Decoded:
             raw, anchors[i], config.strides[i], config.num_classes
         )
         batch = raw.shape[0]
-        xy, half = cxcywh[..., :2], cxcywh[..., 2:] / 2
-        boxes.append(torch.cat((xy - half, xy + half), -1).reshape(batch, -1, 4))
+        boxes.append(box_convert(cxcywh, "cxcywh", "xyxy").reshape(batch, -1, 4))
         obj.append(obj_logit.sigmoid().reshape(batch, -1))
         cls.append(cls_logit.sigmoid().reshape(batch, -1, config.num_classes))
         lms.append(lm.reshape(batch, obj[-1].shape[1], config.num_landmarks, 2))

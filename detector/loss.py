@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.ops import complete_box_iou_loss
 
+from detector.boxes import box_convert
 from detector.config import LossConfig, ModelConfig
 from detector.encoding import (
     CLS,
@@ -46,10 +47,6 @@ class LossItems:
 
     def as_dict(self) -> dict[str, float]:
         return {"box": self.box, "obj": self.obj, "cls": self.cls, "lmk": self.landmark}
-
-
-def _cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
-    return torch.cat((b[..., :2] - b[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2), -1)
 
 
 class DetectionLoss(nn.Module):
@@ -90,8 +87,8 @@ class DetectionLoss(nn.Module):
             if num_pos:
                 num_pos_total += num_pos
                 cxcywh, _, _, _ = decode_scale(raw, self.anchors[i], self.config.strides[i], c)
-                pred_xyxy = _cxcywh_to_xyxy(cxcywh[pos])  # (P, 4)
-                true_xyxy = _cxcywh_to_xyxy(target[..., 0:4][pos])  # (P, 4)
+                pred_xyxy = box_convert(cxcywh[pos], "cxcywh", "xyxy")  # (P, 4)
+                true_xyxy = box_convert(target[..., 0:4][pos], "cxcywh", "xyxy")  # (P, 4)
                 ciou_loss = complete_box_iou_loss(pred_xyxy, true_xyxy, reduction="none")
                 box_loss = box_loss + ciou_loss.sum()
                 iou = (1.0 - ciou_loss.detach()).clamp(min=0)

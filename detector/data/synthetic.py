@@ -36,6 +36,7 @@ import torch
 import yaml
 
 from detector.boxes import box_iou
+from detector.data.formats_common import boxes_from_xyxy
 
 DIGIT_NAMES: tuple[str, ...] = tuple(str(d) for d in range(10))
 SPLITS = ("train", "val")
@@ -420,7 +421,7 @@ def yolo_label_lines(boxes: np.ndarray, classes: np.ndarray, size: tuple[int, in
     height, width = size
     scale = np.array([width, height, width, height], np.float64)
     xyxy = boxes.astype(np.float64) / scale
-    cxcywh = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+    cxcywh = boxes_from_xyxy(xyxy, "cxcywh")
     return [
         f"{int(c)} " + " ".join(f"{v:.{LABEL_DECIMALS}f}" for v in row)
         for c, row in zip(classes, cxcywh, strict=True)

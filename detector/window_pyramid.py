@@ -17,10 +17,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from detector.boxes import Letterbox, boxes_to_original
-from detector.models.window import BACKGROUND, WindowConfig, decode_window_boxes
+from detector.models.window import (
+    BACKGROUND,
+    WindowClassifier,
+    WindowConfig,
+    decode_window_boxes,
+)
 
 # Object sizes of neighbouring levels differ by this factor: 4 levels per octave, so an
 # object is at most 2^(1/4) ≈ 1.19 times larger than the nearest smaller level's window
@@ -197,13 +201,13 @@ def window_candidates(
 
 
 def pyramid_candidates(
-    model: nn.Module, images: torch.Tensor, levels: Sequence[PyramidLevel]
+    model: WindowClassifier, images: torch.Tensor, levels: Sequence[PyramidLevel]
 ) -> list[WindowCandidates]:
     """Run the classifier over every pyramid level and gather each image's candidates.
 
     Args:
-        model: a :class:`~detector.models.window.WindowClassifier` (in eval mode for
-            inference; this function does not change its mode or grad state).
+        model: the classifier, in eval mode for inference; this function changes
+            neither its mode nor the grad state.
         images: ``(B, 3, H, W)`` float RGB in [0, 1], ``(H, W)`` the levels' original size.
         levels: from :func:`pyramid_levels`; may be empty.
 
@@ -211,7 +215,7 @@ def pyramid_candidates(
         Per image, the candidates of all levels in level order (empty tensors when there
         is no level).
     """
-    config: WindowConfig = model.config
+    config = model.config
     per_level = [window_candidates(model(resize_to_level(images, lv)), config, lv) for lv in levels]
     if not per_level:
         return [

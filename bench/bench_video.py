@@ -36,7 +36,7 @@ from detector.boxes import boxes_to_original
 from detector.data.moving_digits import moving_digits
 from detector.data.synthetic import DigitSource
 from detector.draw import draw_detections
-from detector.encoding import decode
+from detector.kinds import grid_candidates
 from detector.postprocess import select_detections
 from detector.predict import Detector
 from detector.settings import DEFAULT_OPTIONS
@@ -144,17 +144,16 @@ def postprocess_ms(detector: Detector, frame: np.ndarray, candidates: int) -> tu
     x = x.permute(0, 3, 1, 2).float().div(255)  # (1, 3, S, S)
     with torch.inference_mode():
         raw = [r.float() for r in detector.model(x)]
-        decoded = decode(raw, detector.config)
-        scores = (decoded.objectness * decoded.class_probs.max(-1).values).flatten()  # (P,)
+        scores = grid_candidates(raw, detector.config, x.shape[-2:]).scores.flatten()  # (P,)
         k = min(candidates, scores.numel() - 1)
         threshold = float(scores.topk(k + 1).values[-1])  # exactly k scores lie above it
         parts: list[list[float]] = [[], [], []]
         for _ in range(POSTPROCESS_REPEATS + 1):
             t0 = _sync_time(detector.device)
-            decoded = decode(raw, detector.config)
+            candidates = grid_candidates(raw, detector.config, x.shape[-2:])
             t1 = _sync_time(detector.device)
             (kept,) = select_detections(
-                decoded, threshold, DEFAULT_OPTIONS.iou_threshold, DEFAULT_OPTIONS.max_detections
+                candidates, threshold, DEFAULT_OPTIONS.iou_threshold, DEFAULT_OPTIONS.max_detections
             )
             t2 = _sync_time(detector.device)
             boxes_to_original(kept.boxes.float(), lb).cpu().numpy()

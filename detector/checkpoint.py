@@ -164,8 +164,9 @@ class Checkpoint:
     """Everything one model file holds.
 
     Attributes:
-        config: the model's architecture and decoding settings.
-        kind: the model kind, one of ``KNOWN_KINDS`` by convention.
+        config: the model's architecture and decoding settings: a ``ModelConfig``, or
+            the config type of its kind (see :mod:`detector.kinds`).
+        kind: the model kind, a key of ``detector.kinds.KINDS``.
         model_state: ``model.state_dict()``, the raw trained weights.
         ema_state: the EMA weights, or ``None``; preferred for inference when present.
         optimizer_state: ``optimizer.state_dict()`` for resuming, or ``None``.
@@ -225,8 +226,10 @@ class Checkpoint:
         missing = [k for k in _CHECKPOINT_KEYS if k not in record]
         if missing:
             raise _invalid(Path(path), f"metadata lacks {missing}")
+        from detector.kinds import get_kind
+
         try:
-            config = ModelConfig.from_dict(record.pop("model"))
+            config = get_kind(record["kind"]).config_type.from_dict(record.pop("model"))
             optimizer_structure = record.pop("optimizer")
             optimizer_state = (
                 None

@@ -23,9 +23,8 @@ from detector.boxes import Letterbox, boxes_to_original, letterbox_image, points
 from detector.checkpoint import Checkpoint
 from detector.config import ModelConfig
 from detector.device import resolve_device
-from detector.encoding import Decoded, decode
-from detector.models.yolo import YOLODetector
-from detector.postprocess import RawDetections, select_detections
+from detector.kinds import get_kind
+from detector.postprocess import Candidates, RawDetections, select_detections
 from detector.settings import (
     PREDICTED,
     Detections,
@@ -43,13 +42,19 @@ from detector.weights import (  # noqa: F401  (MODEL_SUFFIX, WEIGHTS_DIR: re-exp
 
 
 class Detector:
-    """A loaded model with its pre- and post-processing.
+    """A loaded model with its pre- and post-processing, for every model kind.
 
     Args:
-        model: a network whose ``forward`` returns the raw grid head output.
-        config: its :class:`ModelConfig`.
+        model: a network whose ``forward`` returns its raw output.
+        config: its config (:class:`ModelConfig`, or the config type of its kind).
         device: where the model runs.
+        kind: the model kind (see :mod:`detector.kinds`), which turns the raw output into
+            candidates; everything after that is shared.
+        name: a name for messages.
         metadata: the checkpoint's metadata (name, metrics…), for reporting.
+
+    Raises:
+        ValueError: an unknown kind.
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class Detector:
         self.config = config
         self.device = device
         self.kind = kind
+        self._candidates = get_kind(kind).candidates
         self.name = name
         self.metadata = metadata or {}
         self.use_cuda = device.type == "cuda"
@@ -81,9 +87,7 @@ class Detector:
         path = resolve_model_path(path_or_name)
         device = resolve_device(device)
         checkpoint = Checkpoint.load(path)
-        if checkpoint.kind != "grid":
-            raise ValueError(f"{path}: model kind {checkpoint.kind!r} is not supported by Detector")
-        model = YOLODetector(checkpoint.config)
+        model = get_kind(checkpoint.kind).build(checkpoint.config)
         model.load_state_dict(checkpoint.inference_state)
         return cls(
             model, checkpoint.config, device, checkpoint.kind, path.stem, checkpoint.metadata
@@ -136,11 +140,12 @@ class Detector:
         return letterbox_image(as_rgb_image(image, name), self.input_size)
 
     @torch.inference_mode()
-    def forward(self, batch: np.ndarray | torch.Tensor) -> Decoded:
+    def forward(self, batch: np.ndarray | torch.Tensor) -> Candidates:
         """Stage 2 (device, one batch): ``(B, S, S, 3)`` uint8 letterboxed images (numpy
-        or tensor, pinned memory welcome) → device → float → model → decode.
+        or tensor, pinned memory welcome) → device → float → model → candidates (the
+        model kind's reading of the raw output).
 
-        Returns the decoded predictions of every anchor, still on the device.
+        Returns every candidate box of the batch, still on the device.
         """
         x = torch.as_tensor(batch)
         expected = (len(x), self.input_size, self.input_size, 3)
@@ -156,25 +161,25 @@ class Detector:
                 raw = self.model(x)
         else:
             raw = self.model(x)
-        return decode(raw, self.config)
+        return self._candidates(raw, self.config, tuple(x.shape[-2:]))
 
     @torch.inference_mode()
     def postprocess(
-        self, decoded: Decoded, letterboxes: Sequence[Letterbox], options: DetectOptions
+        self, candidates: Candidates, letterboxes: Sequence[Letterbox], options: DetectOptions
     ) -> list[Detections]:
         """Stage 3: score threshold, per-class NMS, top-k and mapping back to original
-        pixels of decoded predictions (one image per letterbox). Several calls with
-        different options may share one :meth:`forward` (see :meth:`Decoded.take`).
+        pixels of a batch's candidates (one image per letterbox). Several calls with
+        different options may share one :meth:`forward` (see :meth:`Candidates.take`).
 
         Raises:
             ValueError: the number of letterboxes is not the batch's, or an unknown class.
         """
-        if len(letterboxes) != decoded.boxes.shape[0]:
+        if len(letterboxes) != len(candidates):
             raise ValueError(
-                f"{len(letterboxes)} letterboxes for a batch of {decoded.boxes.shape[0]} images"
+                f"{len(letterboxes)} letterboxes for a batch of {len(candidates)} images"
             )
         selected = select_detections(
-            decoded,
+            candidates,
             options.score_threshold,
             options.iou_threshold,
             options.max_detections,

@@ -44,6 +44,7 @@ from detector.data.transforms import AugmentConfig, Augmenter
 from detector.data.types import DatasetInfo
 from detector.device import resolve_device
 from detector.encoding import TargetEncoder
+from detector.kinds import grid_kind_name
 from detector.loss import DetectionLoss
 from detector.models.yolo import YOLODetector
 from detector.predict import Detector
@@ -499,7 +500,9 @@ def validate_and_checkpoint(run: TrainRun, epoch: int, stats: EpochStats) -> boo
     whether to stop early (patience ran out), agreed by every process."""
     stop = torch.zeros(1, device=run.device)
     if run.main_process:
-        detector = Detector(run.ema.module, run.model_config, run.device)
+        detector = Detector(
+            run.ema.module, run.model_config, run.device, grid_kind_name(run.model_config)
+        )
         val = validate(
             detector,
             run.val_info,
@@ -532,7 +535,7 @@ def validate_and_checkpoint(run: TrainRun, epoch: int, stats: EpochStats) -> boo
         )
         checkpoint = Checkpoint(
             run.model_config,
-            "grid",
+            grid_kind_name(run.model_config),
             {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
             {k: v.detach().cpu() for k, v in run.ema.module.state_dict().items()},
             run.optimizer.state_dict(),

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from detector.boxes import Letterbox, boxes_to_original
 from detector.models.window import (
@@ -25,6 +26,7 @@ from detector.models.window import (
     WindowConfig,
     decode_window_boxes,
 )
+from detector.postprocess import Candidates
 
 # Object sizes of neighbouring levels differ by this factor: 4 levels per octave, so an
 # object is at most 2^(1/4) ≈ 1.19 times larger than the nearest smaller level's window
@@ -227,3 +229,51 @@ def pyramid_candidates(
             for _ in range(images.shape[0])
         ]
     return [WindowCandidates.cat(parts) for parts in zip(*per_level, strict=True)]
+
+
+class WindowDetector(nn.Module):
+    """The ``sliding-window`` model kind's network: a :class:`WindowClassifier` run over
+    the image pyramid of its input (``config.smallest_object`` to the input's short side,
+    ``config.scale_step`` apart).
+
+    ``forward`` takes ``(B, 3, H, W)`` float RGB in [0, 1] and returns the raw output of
+    every level, largest scale first: a tuple of ``(B, C + 5, H'_l, W'_l)``. Turn it into
+    candidates with :func:`window_detector_candidates`.
+    """
+
+    def __init__(self, config: WindowConfig):
+        super().__init__()
+        self.config = config
+        self.classifier = WindowClassifier(config)
+
+    def levels(self, input_size: tuple[int, int]) -> list[PyramidLevel]:
+        """The pyramid levels of an ``(H, W)`` input."""
+        return pyramid_levels(
+            input_size, self.config.window, self.config.smallest_object, self.config.scale_step
+        )
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        levels = self.levels(tuple(images.shape[-2:]))
+        return tuple(self.classifier(resize_to_level(images, level)) for level in levels)
+
+
+def window_detector_candidates(
+    raw: Sequence[torch.Tensor], config: WindowConfig, input_size: tuple[int, int]
+) -> Candidates:
+    """The candidates of :class:`WindowDetector`'s raw output for a batch of ``(H, W) =
+    input_size`` inputs: every window of every level, boxes in input pixels, score = the
+    best non-background probability, no landmarks (``K = 0``)."""
+    levels = pyramid_levels(input_size, config.window, config.smallest_object, config.scale_step)
+    if len(levels) != len(raw):
+        raise ValueError(f"{len(raw)} raw outputs for the {len(levels)} levels of {input_size}")
+    per_level = [window_candidates(r, config, level) for r, level in zip(raw, levels, strict=True)]
+    if not per_level:
+        raise ValueError(f"input {input_size} is smaller than the window {config.window}")
+    per_image = [WindowCandidates.cat(parts) for parts in zip(*per_level, strict=True)]
+    boxes = torch.stack([c.boxes for c in per_image])  # (B, P, 4)
+    return Candidates(
+        boxes,
+        torch.stack([c.scores for c in per_image]),  # (B, P)
+        torch.stack([c.class_ids for c in per_image]),  # (B, P)
+        boxes.new_zeros((*boxes.shape[:2], 0, 2)),  # (B, P, 0, 2)
+    )

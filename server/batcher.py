@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from detector.boxes import Letterbox
-from detector.encoding import Decoded
+from detector.postprocess import Candidates
 from detector.settings import Detections, DetectOptions, class_ids
 from server.config import BatcherConfig
 from server.errors import BatcherClosedError, DeadlineExpiredError, InferenceError, QueueFullError
@@ -60,14 +60,14 @@ class BatchModel(Protocol):
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]: ...
 
-    def forward(self, batch: np.ndarray | torch.Tensor) -> Decoded:
+    def forward(self, batch: np.ndarray | torch.Tensor) -> Candidates:
         """One device forward of a ``(B, S, S, 3)`` uint8 batch."""
         ...
 
     def postprocess(
-        self, decoded: Decoded, letterboxes: Sequence[Letterbox], options: DetectOptions
+        self, candidates: Candidates, letterboxes: Sequence[Letterbox], options: DetectOptions
     ) -> list[Detections]:
-        """Post-process ``decoded`` (from :meth:`forward`) with one set of options."""
+        """Post-process ``candidates`` (from :meth:`forward`) with one set of options."""
         ...
 
 
@@ -317,7 +317,7 @@ class Batcher:
         """Run a batch as one forward, then post-process each options group (in the
         device thread); if the forward fails, retry the images one by one."""
         try:
-            decoded = self.model.forward(self._stack([item.letterboxed for item in batch]))
+            candidates = self.model.forward(self._stack([item.letterboxed for item in batch]))
         except Exception:
             log.exception(
                 "batch of %d failed on %s; retrying one by one", len(batch), self.model.name
@@ -330,7 +330,7 @@ class Batcher:
         for options, indices in groups.items():
             try:
                 results: list[Detections | BaseException] = list(
-                    self._select(decoded.take(indices), [batch[i] for i in indices], options)
+                    self._select(candidates.take(indices), [batch[i] for i in indices], options)
                 )
             except Exception as err:
                 results = [InferenceError(f"model {self.model.name!r} failed: {err}")] * len(
@@ -341,13 +341,15 @@ class Batcher:
 
     def _forward_alone(self, item: _Pending) -> Detections | BaseException:
         try:
-            decoded = self.model.forward(self._stack([item.letterboxed]))
-            return self._select(decoded, [item], item.options)[0]
+            candidates = self.model.forward(self._stack([item.letterboxed]))
+            return self._select(candidates, [item], item.options)[0]
         except Exception as err:
             return InferenceError(f"model {self.model.name!r} failed on this image: {err}")
 
-    def _select(self, decoded, items: list[_Pending], options: DetectOptions) -> list[Detections]:
-        return self.model.postprocess(decoded, [item.letterbox for item in items], options)
+    def _select(
+        self, candidates: Candidates, items: list[_Pending], options: DetectOptions
+    ) -> list[Detections]:
+        return self.model.postprocess(candidates, [item.letterbox for item in items], options)
 
     def _stack(self, images: list[np.ndarray]) -> np.ndarray | torch.Tensor:
         """``(B, S, S, 3)`` uint8; on CUDA a view of a reused pinned buffer."""

@@ -144,7 +144,9 @@ def test_eval_reports_keypoint_metrics_for_a_landmark_model(tmp_path, capsys, mo
     oracle = LandmarkOracle(info.samples, shift)
     monkeypatch.setattr(Detector, "load", classmethod(lambda cls, *a, **k: oracle))
     metrics = tmp_path / "m.json"
-    argv = ["eval", "--weights", "x", "--data", str(data / "data.yaml"), "--device", "cpu"]
+    weights = tmp_path / "oracle.safetensors"  # exists; Detector.load is the oracle
+    weights.touch()
+    argv = ["eval", "--weights", str(weights), "--data", str(data / "data.yaml"), "--device", "cpu"]
     assert main([*argv, "--quiet", "--json", str(metrics)]) == 0
     printed = capsys.readouterr().out
     assert "COCO keypoints" in printed and "inter-ocular distance" in printed

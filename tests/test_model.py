@@ -6,7 +6,8 @@ import torch
 
 from detector.boxes import box_iou
 from detector.config import ASSIGN_RULES, LossConfig, ModelConfig
-from detector.encoding import TargetEncoder, Targets, decode
+from detector.encoding import TargetEncoder, Targets
+from detector.kinds import grid_candidates
 from detector.loss import DetectionLoss
 from detector.models.yolo import YOLODetector, count_flops, count_parameters
 from detector.postprocess import select_detections
@@ -84,7 +85,9 @@ def test_overfits_one_image(assign):
     # weights were fitted to (running averages over a 4×4 map differ by the unbiased
     # variance's 16/15); this test is about encoding, loss and decoding agreeing.
     with torch.no_grad():
-        dets = select_detections(decode(model(image), config), 0.3, 0.45, 300)[0]
+        dets = select_detections(
+            grid_candidates(model(image), config, (SIZE, SIZE)), 0.3, 0.45, 300
+        )[0]
     assert len(dets.boxes) == 3, dets
     iou = box_iou(dets.boxes, boxes)
     best, which = iou.max(0)

@@ -39,8 +39,21 @@ class WindowConfig:
     convs_per_stage: int = 2  # valid 3×3 conv-BN-SiLU blocks before each pool
     fc_widths: tuple[int, ...] = (64,)  # "fully connected" widths: k×k conv first, then 1×1
     class_names: tuple[str, ...] = ()  # optional, len == num_classes when given
+    # As a detector (the "sliding-window" model kind): the side of the square letterboxed
+    # input, and the image pyramid run over it (detector.window_pyramid.pyramid_levels).
+    input_size: int = 320  # network-input pixels, >= window
+    min_size: float = 0.0  # smallest object side to find, input pixels; 0 = the window
+    scale_step: float = 2 ** (1 / 4)  # object-size ratio between neighbouring levels, > 1
 
     def __post_init__(self) -> None:
+        if self.input_size < self.window:
+            raise ValueError(
+                f"input_size {self.input_size} is smaller than the window {self.window}"
+            )
+        if self.min_size < 0:
+            raise ValueError(f"min_size must be >= 0 (0: the window), got {self.min_size}")
+        if not self.scale_step > 1:
+            raise ValueError(f"scale_step must be > 1, got {self.scale_step}")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if not self.stage_widths or min(self.stage_widths) < 1:
@@ -87,6 +100,20 @@ class WindowConfig:
     def names(self) -> tuple[str, ...]:
         """Class names; ``"0"``, ``"1"``, … when none were given."""
         return self.class_names or tuple(str(i) for i in range(self.num_classes))
+
+    @property
+    def smallest_object(self) -> float:
+        """The smallest object side the pyramid looks for, in input pixels."""
+        return self.min_size or float(self.window)
+
+    # A window model has no landmarks; these mirror ModelConfig's for shared code.
+    @property
+    def num_landmarks(self) -> int:
+        return 0
+
+    @property
+    def landmark_names(self) -> tuple[str, ...]:
+        return ()
 
     def output_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
         """``(H', W')`` of the output for an ``(H, W)`` input, both >= ``window``.

@@ -250,6 +250,28 @@ def letterbox_params(
     return Letterbox(new_w / w, new_h / h, float(pad_x), float(pad_y), (h, w), (ih, iw))
 
 
+def minimal_input_size(original_size: tuple[int, int], size: int, multiple: int) -> tuple[int, int]:
+    """The smallest ``(h, w)``, multiples of ``multiple``, that hold an image of
+    ``original_size = (h, w)`` resized to fit a ``size × size`` square (its aspect ratio
+    kept): the minimal-padding letterbox. A 640×480 image at size 320 and multiple 32
+    gives ``(256, 320)`` (a square letterbox would be 320×320, 25 % more pixels).
+
+    ``letterbox_params(original_size, minimal_input_size(...))`` resizes by the same
+    factor as the ``size × size`` square would: the long side still becomes ``size``.
+
+    Raises:
+        ValueError: a size that is not positive, or ``size`` not a multiple of ``multiple``.
+    """
+    h, w = original_size
+    if h <= 0 or w <= 0:
+        raise ValueError(f"image size must be positive, got (h, w) = {original_size}")
+    if multiple < 1 or size < 1 or size % multiple:
+        raise ValueError(f"size {size} must be a positive multiple of {multiple}")
+    scale = min(size / h, size / w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    return -(-new_h // multiple) * multiple, -(-new_w // multiple) * multiple
+
+
 def letterbox_image(
     image: np.ndarray, input_size: tuple[int, int] | int, pad_value: int = LETTERBOX_PAD_VALUE
 ) -> tuple[np.ndarray, Letterbox]:

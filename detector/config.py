@@ -84,6 +84,11 @@ class ModelConfig:
             raise ValueError(f"flip_idx must be a permutation of 0..{self.num_landmarks - 1}")
 
     @property
+    def input_multiple(self) -> int:
+        """Input sides must be multiples of this (the largest stride)."""
+        return max(self.strides)
+
+    @property
     def num_anchors(self) -> int:
         """A: anchors per cell (the same at every scale)."""
         return len(self.anchors[0])

@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from detector.boxes import Letterbox, boxes_to_original, letterbox_image, points_to_original
+from detector.boxes import (
+    Letterbox,
+    boxes_to_original,
+    letterbox_image,
+    minimal_input_size,
+    points_to_original,
+)
 from detector.checkpoint import Checkpoint
 from detector.config import ModelConfig
 from detector.device import resolve_device
@@ -73,6 +79,7 @@ class Detector:
         self.name = name
         self.metadata = metadata or {}
         self.use_cuda = device.type == "cuda"
+        self.pad_to_square = False  # True: letterbox every image to the model's square
         # Channels-last on every device: measured 1.16x (1 thread) to 1.27x (2 threads)
         # the images/s of NCHW on a 2-core CPU; on CUDA it is what bf16 tensor cores want.
         model = model.to(device, memory_format=torch.channels_last).eval()
@@ -127,31 +134,66 @@ class Detector:
         if len(images) == 0:
             return []
         prepared = [self.preprocess(img, f"images[{i}]") for i, img in enumerate(images)]
-        decoded = self.forward(np.stack([p[0] for p in prepared]))
-        return self.postprocess(decoded, [p[1] for p in prepared], options)
+        return self.detect_letterboxed([p[0] for p in prepared], [p[1] for p in prepared], options)
+
+    def detect_letterboxed(
+        self,
+        letterboxed: Sequence[np.ndarray],
+        letterboxes: Sequence[Letterbox],
+        options: DetectOptions,
+    ) -> list[Detections]:
+        """Stages 2 and 3 for images already letterboxed by :meth:`preprocess`: one
+        forward per input shape (images of one shape batch together), answers in order."""
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(letterboxed):
+            by_shape.setdefault(image.shape, []).append(i)
+        results: list[Detections | None] = [None] * len(letterboxed)
+        for indices in by_shape.values():
+            candidates = self.forward(np.stack([letterboxed[i] for i in indices]))
+            found = self.postprocess(candidates, [letterboxes[i] for i in indices], options)
+            for i, det in zip(indices, found, strict=True):
+                results[i] = det
+        return results  # type: ignore[return-value]
+
+    def input_shape(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """``(h, w)`` of the letterboxed input of an ``image_size = (H, W)`` image: the
+        image scaled so its long side is the model size, padded to the next multiples of
+        the model's stride (minimal padding; e.g. 640×480 at 320 → 256×320), or the
+        model's square when ``pad_to_square`` is set."""
+        if self.pad_to_square:
+            return self.input_size, self.input_size
+        return minimal_input_size(image_size, self.input_size, self.config.input_multiple)
 
     def preprocess(self, image: np.ndarray, name: str = "image") -> tuple[np.ndarray, Letterbox]:
         """Stage 1 (CPU, one image): letterbox an ``(H, W, 3)`` uint8 RGB image to the
-        model size.
+        model size with minimal padding (see :meth:`input_shape`).
 
-        Returns the ``(S, S, 3)`` uint8 letterboxed image and its :class:`Letterbox`;
+        Returns the ``(h, w, 3)`` uint8 letterboxed image and its :class:`Letterbox`;
         ``name`` is how a ``ValueError`` refers to an unusable image.
         """
-        return letterbox_image(as_rgb_image(image, name), self.input_size)
+        image = as_rgb_image(image, name)
+        return letterbox_image(image, self.input_shape(image.shape[:2]))
 
     @torch.inference_mode()
     def forward(self, batch: np.ndarray | torch.Tensor) -> Candidates:
-        """Stage 2 (device, one batch): ``(B, S, S, 3)`` uint8 letterboxed images (numpy
-        or tensor, pinned memory welcome) → device → float → model → candidates (the
-        model kind's reading of the raw output).
+        """Stage 2 (device, one batch): ``(B, h, w, 3)`` uint8 letterboxed images of one
+        shape (numpy or tensor, pinned memory welcome; ``h, w`` at most the model size and
+        multiples of its stride) → device → float → model → candidates (the model kind's
+        reading of the raw output).
 
         Returns every candidate box of the batch, still on the device.
         """
         x = torch.as_tensor(batch)
-        expected = (len(x), self.input_size, self.input_size, 3)
-        if tuple(x.shape) != expected or x.dtype != torch.uint8:
+        size, multiple = self.input_size, self.config.input_multiple
+        if (
+            x.dtype != torch.uint8
+            or x.ndim != 4
+            or x.shape[-1] != 3
+            or not all(0 < side <= size and side % multiple == 0 for side in x.shape[1:3])
+        ):
             raise ValueError(
-                f"batch must be {expected} uint8 letterboxed images, got {tuple(x.shape)} {x.dtype}"
+                f"batch must be (B, h, w, 3) uint8 letterboxed images, h and w multiples of "
+                f"{multiple} up to {size}; got {tuple(x.shape)} {x.dtype}"
             )
         x = x.to(self.device, non_blocking=True)  # (B, S, S, 3) uint8
         x = x.permute(0, 3, 1, 2).float().div_(255)  # (B, 3, S, S)

@@ -30,7 +30,7 @@ class _LetterboxedImages(Dataset):
 
 
 def _collate(items):
-    return np.stack([i[0] for i in items]), [i[1] for i in items], [i[2] for i in items]
+    return [i[0] for i in items], [i[1] for i in items], [i[2] for i in items]
 
 
 @dataclass
@@ -63,7 +63,7 @@ def validate(
     detections: list[Detections | None] = [None] * len(info.samples)
     bar = show_progress(loader, desc="validate", unit="batch", enabled=progress, leave=False)
     for images, letterboxes, indices in bar:
-        out = detector.postprocess(detector.forward(images), letterboxes, options)
+        out = detector.detect_letterboxed(images, letterboxes, options)
         for index, det in zip(indices, out, strict=True):
             detections[index] = det
     predictions = [(d.boxes, d.scores, d.class_ids) for d in detections]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -159,7 +160,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._worker: asyncio.Task[None] | None = None
-        self._pinned: torch.Tensor | None = None  # (max_batch, S, S, 3) uint8, CUDA only
+        self._pinned: torch.Tensor | None = None  # max_batch x S x S x 3 uint8, CUDA only
         self.images_run = 0  # images that went through a forward pass
         self.batches_run = 0
 
@@ -314,8 +315,21 @@ class Batcher:
             item.future.set_result(BatchResult(outcome, timings))
 
     def _infer(self, batch: list[_Pending]) -> list[Detections | BaseException]:
-        """Run a batch as one forward, then post-process each options group (in the
-        device thread); if the forward fails, retry the images one by one."""
+        """In the device thread: one forward per input shape in the batch (images are
+        letterboxed with minimal padding, so a batch of same-shaped images, such as a
+        video's frames, is one forward), then one post-processing per options group."""
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, item in enumerate(batch):
+            by_shape.setdefault(item.letterboxed.shape, []).append(i)
+        outcomes: dict[int, Detections | BaseException] = {}
+        for indices in by_shape.values():
+            found = self._infer_same_shape([batch[i] for i in indices])
+            outcomes.update(zip(indices, found, strict=True))
+        return [outcomes[i] for i in range(len(batch))]
+
+    def _infer_same_shape(self, batch: list[_Pending]) -> list[Detections | BaseException]:
+        """One forward of same-shaped images, then post-process each options group; if
+        the forward fails, retry the images one by one."""
         try:
             candidates = self.model.forward(self._stack([item.letterboxed for item in batch]))
         except Exception:
@@ -352,15 +366,19 @@ class Batcher:
         return self.model.postprocess(candidates, [item.letterbox for item in items], options)
 
     def _stack(self, images: list[np.ndarray]) -> np.ndarray | torch.Tensor:
-        """``(B, S, S, 3)`` uint8; on CUDA a view of a reused pinned buffer."""
+        """``(B, h, w, 3)`` uint8 of same-shaped images; on CUDA a view of a reused pinned
+        buffer of ``max_batch`` images of the model's full square, which holds any
+        letterboxed shape."""
         if self.model.device.type != "cuda":
             return np.stack(images)
         if self._pinned is None:
             size = self.model.input_size
-            shape = (self.config.max_batch, size, size, 3)
-            self._pinned = torch.empty(shape, dtype=torch.uint8).pin_memory()
-        # Safe to reuse: infer copies the batch to the device and waits for its results
+            self._pinned = torch.empty(
+                self.config.max_batch * size * size * 3, dtype=torch.uint8
+            ).pin_memory()
+        # Safe to reuse: forward copies the batch to the device and waits for its results
         # before this thread stacks the next batch.
-        pinned = self._pinned[: len(images)]
+        shape = (len(images), *images[0].shape)
+        pinned = self._pinned[: math.prod(shape)].view(shape)
         np.stack(images, out=pinned.numpy())
         return pinned

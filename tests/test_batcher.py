@@ -456,3 +456,37 @@ def test_cuda_batch_runs_from_pinned_memory(tmp_path: Path):
         want = gpu.detect([im], score_threshold=0.0)[0]
         assert result.detections.image_size == want.image_size
         assert len(result.detections) == len(want)
+
+
+def test_a_batch_of_two_input_shapes_runs_one_forward_per_shape(detector):
+    """Minimal padding gives landscape and portrait images different input shapes: one
+    batch of both runs one forward per shape, and every answer equals detect alone."""
+    rng = np.random.default_rng(5)
+    shapes = [(30, 60, 3), (60, 30, 3), (16, 32, 3), (32, 16, 3)]
+    images = [rng.integers(0, 256, s, np.uint8) for s in shapes]
+    counted = CountingForwards(detector)
+
+    async def main():
+        async with open_batcher(counted, max_batch=4, max_delay_ms=500) as batcher:
+            return await asyncio.gather(*(batcher.submit(im, LOW) for im in images))
+
+    results = run(main())
+    assert sorted(counted.batch_shapes) == [(2, 32, 64, 3), (2, 64, 32, 3)]
+    for result, im in zip(results, images, strict=True):
+        assert_same(result.detections, detector.detect([im], LOW)[0])
+        assert result.timings.batch_size == 4
+
+
+class CountingForwards:
+    """A Detector that records the shape of every batch it runs."""
+
+    def __init__(self, inner: Detector):
+        self.inner = inner
+        self.batch_shapes: list[tuple[int, ...]] = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def forward(self, batch):
+        self.batch_shapes.append(tuple(np.asarray(batch).shape))
+        return self.inner.forward(batch)

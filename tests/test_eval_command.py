@@ -101,7 +101,7 @@ class OracleDetector(Detector):
         self.queue = list(samples)
         self.rng = np.random.default_rng(0)
 
-    def postprocess(self, decoded, letterboxes, options):
+    def detect_letterboxed(self, letterboxed, letterboxes, options):
         return [self._answer(self.queue.pop(0)) for _ in letterboxes]
 
     def _answer(self, sample) -> Detections:

@@ -108,10 +108,7 @@ class LandmarkOracle:
     def preprocess(self, image):
         return image, None  # postprocess answers from the ground truth, in original pixels
 
-    def forward(self, batch):
-        return batch
-
-    def postprocess(self, decoded, letterboxes, options):
+    def detect_letterboxed(self, letterboxed, letterboxes, options):
         from detector.settings import Detections
 
         out = []

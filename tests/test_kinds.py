@@ -66,7 +66,7 @@ def test_window_candidates_are_the_pyramid_of_the_letterboxed_input(window_path)
     x = torch.from_numpy(letterboxed[None]).permute(0, 3, 1, 2).float() / 255
     model = detector.model
     with torch.inference_mode():
-        (want,) = pyramid_candidates(model.classifier, x, model.levels((INPUT, INPUT)))
+        (want,) = pyramid_candidates(model.classifier, x, model.levels(letterboxed.shape[:2]))
     assert candidates.boxes.shape == (1, len(want.scores), 4)
     torch.testing.assert_close(candidates.boxes[0], want.boxes, rtol=0, atol=1e-4)
     torch.testing.assert_close(candidates.scores[0], want.scores, rtol=0, atol=1e-6)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from detector import predict
-from detector.boxes import LETTERBOX_PAD_VALUE, box_iou
+from detector.boxes import LETTERBOX_PAD_VALUE, box_iou, minimal_input_size
 from detector.checkpoint import Checkpoint
 from detector.config import ModelConfig
 from detector.device import resolve_device
@@ -130,14 +130,15 @@ def test_boxes_lie_in_their_image_and_scores_decrease(detector):
 
 
 @pytest.mark.parametrize("orientation", ["landscape", "portrait"])
-def test_padded_and_scaled_copies_map_to_consistent_boxes(detector, orientation):
-    """Three images the letterbox turns into the same network input.
+def test_padded_and_scaled_copies_map_to_consistent_boxes(detector, orientation, monkeypatch):
+    """Three images the square letterbox turns into the same network input.
 
     ``small`` (32x64 or 64x32) is padded by the letterbox; ``square`` is ``small``
     already padded with the letterbox grey; ``double`` is ``small`` at twice the size
     (the area-average shrink gives ``small`` back exactly). Their boxes must agree
     through the known offset and scale.
     """
+    monkeypatch.setattr(detector, "pad_to_square", True)
     long_side, short_side = INPUT, INPUT // 2
     shape = (short_side, long_side) if orientation == "landscape" else (long_side, short_side)
     small = noise((*shape, 3), seed=7)
@@ -160,6 +161,44 @@ def test_padded_and_scaled_copies_map_to_consistent_boxes(detector, orientation)
     np.testing.assert_allclose(det_double.boxes, det_small.boxes * 2, atol=1e-3)
     np.testing.assert_allclose(det_double.scores, det_small.scores, atol=1e-5)
     assert det_double.image_size == (shape[0] * 2, shape[1] * 2)
+
+
+@pytest.mark.parametrize("orientation", ["landscape", "portrait"])
+def test_minimal_padding_maps_boxes_back_exactly(detector, orientation):
+    """Minimal padding: a 20x64 image becomes a 32x64 input (6 grey rows above, 6
+    below), not 64x64. The same content already padded by hand, and the image at twice
+    the size, give the same input, so their boxes agree through the offset and scale."""
+    short, padded = 20, 32
+    shape = (short, INPUT) if orientation == "landscape" else (INPUT, short)
+    small = noise((*shape, 3), seed=8)
+    letterboxed, lb = detector.preprocess(small)
+    expected_shape = (padded, INPUT) if orientation == "landscape" else (INPUT, padded)
+    assert letterboxed.shape[:2] == expected_shape and lb.input_size == expected_shape
+    offset = (padded - short) // 2
+    pad_y, pad_x = (offset, 0) if orientation == "landscape" else (0, offset)
+    by_hand = np.full((*expected_shape, 3), LETTERBOX_PAD_VALUE, np.uint8)
+    by_hand[pad_y : pad_y + shape[0], pad_x : pad_x + shape[1]] = small
+    np.testing.assert_array_equal(letterboxed, by_hand)
+    double = np.repeat(np.repeat(small, 2, axis=0), 2, axis=1)
+    det_small, det_hand, det_double = detector.detect(
+        [small, by_hand, double], score_threshold=LOW_SCORE
+    )
+    assert len(det_small) > 0
+    shifted = det_hand.boxes.copy()
+    shifted[:, [0, 2]] = shifted[:, [0, 2]].clip(pad_x, pad_x + shape[1]) - pad_x
+    shifted[:, [1, 3]] = shifted[:, [1, 3]].clip(pad_y, pad_y + shape[0]) - pad_y
+    np.testing.assert_allclose(shifted, det_small.boxes, atol=1e-3)
+    np.testing.assert_allclose(det_double.boxes, det_small.boxes * 2, atol=1e-3)
+    np.testing.assert_allclose(det_double.scores, det_small.scores, atol=1e-5)
+
+
+def test_minimal_input_sizes():
+    assert minimal_input_size((480, 640), 320, 32) == (256, 320)  # not 320x320
+    assert minimal_input_size((640, 480), 320, 32) == (320, 256)
+    assert minimal_input_size((100, 100), 320, 32) == (320, 320)
+    assert minimal_input_size((1080, 1920), 640, 32) == (384, 640)  # 360 -> 384
+    with pytest.raises(ValueError, match="multiple of 32"):
+        minimal_input_size((10, 10), 100, 32)
 
 
 # Filters and thresholds.

@@ -87,6 +87,11 @@ class WindowConfig:
         return 2 ** len(self.stage_widths)
 
     @property
+    def input_multiple(self) -> int:
+        """Letterboxed inputs are padded to multiples of this (the window stride)."""
+        return self.stride
+
+    @property
     def fc_kernel(self) -> int:
         """k: side of the map a W×W input leaves, the first FC convolution's kernel."""
         return (self.window - self._conv_margin) // self.stride

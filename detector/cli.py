@@ -24,6 +24,7 @@ COMMANDS = (
     "video",
     "serve",
     "client",
+    "export",
 )
 
 

@@ -334,3 +334,13 @@ def test_cli_onnx_format_without_landmarks(tmp_path):
     with torch.no_grad():
         for got, ref in zip(network(images), model(images), strict=True):
             torch.testing.assert_close(got, ref, atol=TOLERANCE, rtol=TOLERANCE)
+
+
+def test_command_defaults_are_the_library_defaults():
+    from detector import export
+    from detector.commands import export as command
+
+    assert command.DEFAULT_OPSET == export.DEFAULT_OPSET
+    assert command.DEFAULT_MAX_BATCH == export.DEFAULT_MAX_BATCH
+    assert command.DEFAULT_PREFERRED_BATCHES == export.DEFAULT_PREFERRED_BATCHES
+    assert command.DEFAULT_MAX_QUEUE_DELAY_US == export.DEFAULT_MAX_QUEUE_DELAY_US

@@ -54,6 +54,7 @@ COMMANDS = (
     "video",
     "serve",
     "client",
+    "export",
 )
 
 

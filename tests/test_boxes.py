@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision.ops
 
+import detector.boxes
 from detector.boxes import (
     BOX_FORMATS,
     box_area,
@@ -213,11 +214,11 @@ def test_letterbox_params_errors():
 
 
 def reference_nms(boxes, scores, classes, iou_threshold, score_threshold=0.0, max_det=None):
-    """The algorithm itself, slowly: float32 scores and IoU, ties by lower index."""
+    """The algorithm itself, slowly: float32 scores, float64 IoU, ties by lower index."""
     scores = scores.float().tolist()
     classes = classes.tolist()
-    iou = box_iou(boxes.float(), boxes.float())  # (N, N)
-    suppress = (iou >= torch.tensor(iou_threshold, dtype=torch.float32)).tolist()
+    iou = box_iou(boxes.double(), boxes.double())  # (N, N)
+    suppress = (iou >= iou_threshold).tolist()
     remaining = [i for i in range(len(scores)) if scores[i] > score_threshold]
     remaining.sort(key=lambda i: (-scores[i], i))
     kept = []
@@ -283,6 +284,120 @@ def test_nms_classes_stay_apart_with_negative_coordinates():
     boxes = torch.tensor([[-1000.0, -1000.0, -10.0, -10.0]] * 2)
     kept = nms(boxes, torch.tensor([0.9, 0.8]), torch.tensor([0, 1]), 0.5)
     assert kept.tolist() == [0, 1]
+
+
+def count_kernel_calls(monkeypatch) -> list[int]:
+    """Count ``torchvision.ops.nms`` calls made by ``detector.boxes.nms``."""
+    calls = []
+    kernel = detector.boxes.torchvision_nms
+
+    def counted(*args):
+        calls.append(1)
+        return kernel(*args)
+
+    monkeypatch.setattr(detector.boxes, "torchvision_nms", counted)
+    return calls
+
+
+def test_nms_all_classes_in_one_kernel_call(monkeypatch):
+    calls = count_kernel_calls(monkeypatch)
+    g = torch.Generator().manual_seed(11)
+    boxes = random_boxes(200, g, span=50.0) - 25.0
+    scores = torch.rand(200, generator=g)
+    classes = torch.randint(0, 80, (200,), generator=g)
+    kept = nms(boxes, scores, classes, 0.3)
+    assert len(calls) == 1
+    assert kept.tolist() == reference_nms(boxes, scores, classes, 0.3)
+
+
+def test_nms_classes_stay_apart_with_huge_coordinates(monkeypatch):
+    # Coordinates near 1e7 (float32 spacing 1) and 80 classes: torchvision's float32
+    # offset would reach 8e8, where float32 spacing is 64 and 10-pixel boxes collapse.
+    calls = count_kernel_calls(monkeypatch)
+    base = torch.tensor([[1.0e7, -1.0e7, 1.0e7 + 10, -1.0e7 + 10]])
+    shift = torch.tensor([[3.0, 0.0, 3.0, 0.0]])
+    boxes = torch.cat([base, base + shift, base, base + 2 * shift] * 20)  # (80, 4)
+    scores = torch.linspace(1.0, 0.2, 80)
+    classes = torch.arange(80) // 4 * 4 + torch.tensor([0, 0, 1, 1]).repeat(20)
+    kept = nms(boxes, scores, classes, 0.5)
+    # IoU(base, base + 3) = 70/130 >= 0.5 and IoU(base, base + 6) = 40/160 < 0.5.
+    assert kept.tolist() == reference_nms(boxes, scores, classes, 0.5)
+    assert len(kept) == 60 and len(calls) == 1
+    kept = nms(boxes.double() * 1e20, scores, classes, 0.5)
+    assert kept.tolist() == reference_nms(boxes.double() * 1e20, scores, classes, 0.5)
+
+
+def test_nms_shift_that_would_round_takes_the_per_class_path(monkeypatch):
+    # A tiny box next to a far one: shifting by -1e9 would round the tiny box's corners
+    # away in float64, so each class gets its own kernel call on unshifted boxes.
+    calls = count_kernel_calls(monkeypatch)
+    boxes = torch.tensor(
+        [
+            [1e-8, 1e-8, 3e-8, 2e-8],
+            [2e-8, 1e-8, 4e-8, 2e-8],  # IoU 1/3 with the first
+            [-1e9, -1e9, -1e9 + 5, -1e9 + 5],
+            [1e-8, 1e-8, 3e-8, 2e-8],
+        ],
+        dtype=torch.float64,
+    )
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    classes = torch.tensor([0, 0, 0, 1])
+    assert nms(boxes, scores, classes, 0.3).tolist() == [0, 2, 3]
+    assert nms(boxes, scores, classes, 0.4).tolist() == [0, 1, 2, 3]
+    assert len(calls) == 2 * 2  # two classes, two calls
+
+
+def test_nms_one_call_and_per_class_calls_agree(monkeypatch):
+    g = torch.Generator().manual_seed(13)
+    cases = [random_clustered_case(g) for _ in range(30)]
+    one_call = [nms(b, s, c, t).tolist() for b, s, c, t in cases]
+    calls = count_kernel_calls(monkeypatch)
+    monkeypatch.setattr(detector.boxes, "ONE_CALL_MAX_BOXES_CPU", 0)
+    per_class = [nms(b, s, c, t).tolist() for b, s, c, t in cases]
+    assert per_class == one_call
+    assert len(calls) > len(cases)
+
+
+def test_nms_zero_threshold_keeps_the_best_box_of_each_class():
+    boxes = torch.tensor([[0.0, 0, 1, 1], [5.0, 5, 6, 6], [0.0, 0, 1, 1], [9.0, 9, 9, 9]])
+    scores = torch.tensor([0.5, 0.9, 0.7, 0.8])
+    classes = torch.tensor([3, 3, 8, 3])
+    assert nms(boxes, scores, classes, 0.0).tolist() == [1, 2]
+    assert nms(boxes, scores, classes, 0.0).tolist() == reference_nms(boxes, scores, classes, 0.0)
+
+
+def random_clustered_case(g: torch.Generator):
+    """Many overlapping boxes of a few objects, at a random scale and offset."""
+    n = int(torch.randint(1, 400, (1,), generator=g))
+    centres = torch.rand(8, 2, generator=g, dtype=torch.float64) * 100
+    sizes = 5 + torch.rand(8, 2, generator=g, dtype=torch.float64) * 30
+    pick = torch.randint(0, 8, (n,), generator=g)
+    jitter = 1 + 0.3 * torch.randn(n, 4, generator=g, dtype=torch.float64)
+    cxcywh = torch.cat((centres[pick], sizes[pick]), 1) * jitter.abs()
+    scale = 10.0 ** float(torch.randint(-3, 7, (1,), generator=g))
+    offset = float(torch.randn(1, generator=g, dtype=torch.float64)) * scale * 100
+    dtype = (torch.float32, torch.float64, torch.float16)[int(torch.randint(0, 3, (1,)))]
+    if dtype == torch.float16:
+        scale, offset = 1.0, 0.0  # stay in half's range
+    boxes = (box_convert(cxcywh, "cxcywh", "xyxy") * scale + offset).to(dtype)
+    scores = torch.rand(n, generator=g)
+    if torch.rand(1, generator=g) < 0.5:
+        scores = torch.round(scores * 8) / 8  # ties
+    first_class = int(torch.randint(0, 1000, (1,), generator=g))
+    classes = first_class + torch.randint(0, 6, (n,), generator=g)
+    iou_threshold = float(torch.rand(1, generator=g))
+    if torch.rand(1, generator=g) < 0.1:
+        iou_threshold = float(torch.randint(0, 2, (1,), generator=g))  # 0 or 1
+    return boxes, scores, classes, iou_threshold
+
+
+def test_nms_matches_reference_on_clustered_boxes_at_any_scale():
+    g = torch.Generator().manual_seed(12)
+    for case in range(150):
+        boxes, scores, classes, iou_t = random_clustered_case(g)
+        kept = nms(boxes, scores, classes, iou_t, score_threshold=0.05)
+        expected = reference_nms(boxes, scores, classes, iou_t, score_threshold=0.05)
+        assert kept.tolist() == expected, f"case {case}"
 
 
 def test_nms_ties_keep_lower_index():

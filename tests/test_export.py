@@ -179,8 +179,12 @@ def test_metadata_record():
 
 
 def test_export_rejects_other_kinds_and_bad_settings(tmp_path, capsys):
+    from detector.models.window import WindowConfig
+    from detector.window_pyramid import WindowDetector
+
+    window = WindowConfig(num_classes=2, window=24, input_size=64)
     weights = tmp_path / "window.safetensors"
-    Checkpoint(CONFIG, "sliding-window", {}).save(weights)
+    Checkpoint(window, "sliding-window", WindowDetector(window).state_dict()).save(weights)
     argv = ["export", "--weights", str(weights), "--out", str(tmp_path / "w.onnx")]
     assert main(argv) == 2
     assert "sliding-window" in capsys.readouterr().err

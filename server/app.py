@@ -23,12 +23,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from proto.detector.v1 import detector_pb2 as pb
-from proto.detector.v1 import detector_pb2_grpc as pb_grpc
 from server.batcher import Batcher
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
 from server.repository import ModelRepository
-from server.servicer import DetectorServicer
+from server.servicer import DetectorServicer, add_to_server
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,7 @@ async def create_server(
     servicer = DetectorServicer(
         repository, batchers, metrics, config.stream_window, config.batcher.max_queue
     )
-    pb_grpc.add_DetectorServiceServicer_to_server(servicer, grpc_server)
+    add_to_server(servicer, grpc_server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     reflection.enable_server_reflection(

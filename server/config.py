@@ -7,7 +7,26 @@ import os
 from dataclasses import dataclass, field
 
 DEFAULT_PORT = 50051
+DEFAULT_HOST = "localhost"  # loopback only; 0.0.0.0 or [::] exposes the server
 DEFAULT_MAX_PIXELS = 8192 * 8192  # width * height above which an image is refused
+
+# Bounds of a request's strings and repeated fields (detector.proto documents them); a
+# request beyond one is refused with INVALID_ARGUMENT before any work is done.
+MAX_MODEL_NAME_CHARS = 128  # DetectRequest.model
+MAX_REQUEST_ID_CHARS = 128  # DetectRequest.request_id
+MAX_CLASS_FILTER_ENTRIES = 1024  # DetectRequest.class_ids, and class_names, each
+MAX_CLASS_NAME_CHARS = 128  # each of DetectRequest.class_names
+MAX_ECHOED_CHARS = 40  # a request value quoted in an error message is cut to this
+MAX_STATUS_MESSAGE_CHARS = 2048  # a status message is cut to this, whatever it quotes
+
+
+def quoted(text: str, limit: int = MAX_ECHOED_CHARS) -> str:
+    """How a request's string is quoted in an error message: ``repr(text)`` if it has at
+    most ``limit`` characters, else the ``repr`` of its first ``limit`` followed by
+    ``…(N chars)``."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}…({len(text)} chars)"
 
 
 @dataclass(frozen=True)

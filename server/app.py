@@ -27,6 +27,7 @@ from server.batcher import Batcher
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
 from server.repository import ModelRepository
+from server.security import TokenAuthInterceptor, read_token_file, server_credentials
 from server.servicer import DetectorServicer, add_to_server
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,19 @@ async def create_server(
     """Build and start a server for ``repository`` on ``address`` (``host:port``, port 0 =
     any free port). Returns the server and the port it listens on; health is SERVING.
 
+    With ``config.tls_cert``/``tls_key`` it speaks TLS only (``tls_client_ca``: clients
+    must present a certificate); with ``config.auth_token_file`` every call but the
+    health service's needs the token (see :mod:`server.security`).
+
     Must run on the event loop that will serve the calls.
     """
     config = config or ServerConfig()
+    interceptors = []
+    if config.auth_token_file is not None:
+        interceptors.append(TokenAuthInterceptor(read_token_file(config.auth_token_file)))
+    credentials = None
+    if config.tls_cert is not None:
+        credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
     metrics = ServerMetrics()
     decode_pool = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="decode")
     batchers = {
@@ -92,10 +103,11 @@ async def create_server(
     }
     max_bytes = config.max_message_mb * MIB
     grpc_server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
-        ]
+        ],
     )
     servicer = DetectorServicer(
         repository, batchers, metrics, config.stream_window, config.batcher.max_queue
@@ -106,7 +118,10 @@ async def create_server(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
     )
-    port = grpc_server.add_insecure_port(address)
+    if credentials is None:
+        port = grpc_server.add_insecure_port(address)
+    else:
+        port = grpc_server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     metrics_port = None
@@ -138,7 +153,16 @@ async def serve(
         f"{m.name} ({m.detector.kind}){' [default]' if m.name == repository.default else ''}"
         for m in repository
     )
-    print(f"serving {names} on {host}:{bound}", flush=True)
+    security = ", ".join(
+        word
+        for word, on in (
+            ("TLS", config.tls_cert is not None),
+            ("client certificates required", config.tls_client_ca is not None),
+            ("token required", config.auth_token_file is not None),
+        )
+        if on
+    )
+    print(f"serving {names} on {host}:{bound} ({security or 'plaintext, no token'})", flush=True)
     if server.metrics_port is not None:
         metrics_host = config.metrics_host
         if ":" in metrics_host:  # an IPv6 address

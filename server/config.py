@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 DEFAULT_PORT = 50051
 DEFAULT_HOST = "localhost"  # loopback only; 0.0.0.0 or [::] exposes the server
@@ -58,10 +59,18 @@ class ServerConfig:
     stream_window: int = 16  # requests of one StreamDetect processed at a time
     max_message_mb: int = 64  # largest request or response message
     metrics_port: int | None = None  # HTTP port of /metrics; None = off, 0 = any free port
-    metrics_host: str = "127.0.0.1"  # interface of the /metrics endpoint
+    metrics_host: str = "127.0.0.1"  # interface of the /metrics endpoint (plain HTTP)
     grace_s: float = 10.0  # time calls in flight get to finish on shutdown
+    tls_cert: Path | None = None  # PEM certificate chain; with tls_key the server speaks TLS
+    tls_key: Path | None = None  # PEM private key of tls_cert
+    tls_client_ca: Path | None = None  # PEM CA: clients must present a certificate it signed
+    auth_token_file: Path | None = None  # calls must carry "authorization: Bearer <its token>"
 
     def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs TLS: give --tls-cert and --tls-key too")
         for name in ("decode_workers", "stream_window", "max_message_mb"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

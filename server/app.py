@@ -142,13 +142,18 @@ async def serve(
     host: str, port: int, models: Path, default: str | None, device: str, config: ServerConfig
 ) -> int:
     """Load the models of ``models``, serve them until SIGTERM/SIGINT, shut down
-    gracefully; returns the exit code (0). Prints the address it listens on."""
+    gracefully; returns the exit code (0). Prints the address it listens on.
+
+    A signal while the models load is the caller's to handle (``detector serve``
+    installs a handler that stops at once); from then on it stops the server gracefully.
+    """
+    print(f"loading models from {models}", flush=True)
     repository = ModelRepository.from_folder(models, default, device)
-    server, bound = await create_server(f"{host}:{port}", repository, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # from here on a signal stops gracefully
         loop.add_signal_handler(sig, stop.set)
+    server, bound = await create_server(f"{host}:{port}", repository, config)
     names = ", ".join(
         f"{m.name} ({m.detector.kind}){' [default]' if m.name == repository.default else ''}"
         for m in repository

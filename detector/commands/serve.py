@@ -6,6 +6,7 @@ The same options drive ``python -m server``.
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 from server.config import DEFAULT_HOST, DEFAULT_PORT, BatcherConfig, ServerConfig
@@ -32,9 +33,20 @@ exposes them on every interface; then use --tls-cert/--tls-key (TLS),
 service stays open for probes). /metrics is plain HTTP without a token.
 
 SIGTERM or SIGINT: health turns NOT_SERVING, new calls are refused, calls in flight get
---grace seconds to finish, then the server exits with 0 (also while the models are
-still loading: then it stops at once).
+--grace seconds to finish, then the server exits with 0. One that comes while the
+server starts (the model stack imports, the models load) stops it at once, also with 0
+and one line saying so.
 """
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StartupInterrupted(Exception):
+    """SIGTERM or SIGINT arrived before the server was serving."""
+
+
+def _interrupt_startup(signum: int, frame: object) -> None:
+    raise StartupInterrupted(signal.Signals(signum).name)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -158,6 +170,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT; 0 also when one comes while the server starts."""
+    previous = {sig: signal.signal(sig, _interrupt_startup) for sig in STOP_SIGNALS}
+    try:
+        return _run(args)
+    except StartupInterrupted as err:
+        print(f"stopped by {err} while starting, before serving", flush=True)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
     import os

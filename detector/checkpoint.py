@@ -19,7 +19,9 @@ so a truncated file, an edited header or a changed tensor byte raises ``ValueErr
 ("<path> is not a valid model checkpoint: ..."). Loading never unpickles anything.
 
 Writes are atomic: the bytes go to a temporary file in the target's folder, are flushed
-and fsync'ed, then ``os.replace`` puts them in place; a crash leaves the old file intact.
+and fsync'ed, then ``os.replace`` puts them in place; a crash leaves the old file intact
+(and, at worst, a temporary ``.<name>.<16 hex digits>.tmp`` beside it, which
+:func:`remove_stale_temporaries` removes).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import struct
 from collections.abc import Mapping
@@ -305,10 +308,41 @@ def _invalid(path: Path, reason: str) -> ValueError:
     return ValueError(f"{path} is not a valid model checkpoint: {reason}")
 
 
+TEMP_TOKEN_BYTES = 8  # random bytes in a temporary file's name (16 hex digits)
+TEMP_NAME = re.compile(rf"^\.(?P<target>.+)\.[0-9a-f]{{{2 * TEMP_TOKEN_BYTES}}}\.tmp$")
+
+
+def temporary_path(path: Path) -> Path:
+    """A fresh temporary path beside ``path``: ``.<name>.<16 hex digits>.tmp``."""
+    return path.parent / f".{path.name}.{secrets.token_hex(TEMP_TOKEN_BYTES)}.tmp"
+
+
+def remove_stale_temporaries(
+    folder: str | Path, names: tuple[str, ...] | None = None
+) -> list[Path]:
+    """Remove the temporary files an interrupted atomic write left in ``folder`` (only
+    names of :func:`temporary_path`'s pattern, for targets in ``names`` when given);
+    returns them. Call it only where no other process is writing to ``folder``."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in sorted(folder.iterdir()):
+        match = TEMP_NAME.match(path.name)
+        if match is None or not path.is_file() or path.is_symlink():
+            continue
+        if names is not None and match["target"] not in names:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a fsync'ed temporary file and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    tmp = temporary_path(path)
     try:
         with open(tmp, "xb") as f:
             f.write(data)

@@ -36,7 +36,7 @@ from detector.anchors import (
     positive_wh,
     split_anchors,
 )
-from detector.checkpoint import Checkpoint
+from detector.checkpoint import Checkpoint, remove_stale_temporaries
 from detector.config import ModelConfig, TrainConfig
 from detector.data.dataset import DetectionDataset, collate
 from detector.data.formats import load_dataset
@@ -220,6 +220,7 @@ class TrainRun:
     metadata: dict  # what every checkpoint records about the run
     start_epoch: int = 0  # > 0 when resumed
     best_fitness: float = -1.0
+    best_epoch: int = -1  # the epoch (from 0) of best_fitness, -1 before the first
     stale: int = 0  # epochs since the fitness last improved
 
     @property
@@ -338,6 +339,10 @@ def set_up(options: TrainOptions) -> TrainRun:
     )
     if run.main_process:
         run.out.mkdir(parents=True, exist_ok=True)
+        for path in remove_stale_temporaries(run.out, (LAST, BEST)):
+            log(f"removed {path.name}, left by an interrupted checkpoint write")
+        if resume_state is not None:
+            run.best_fitness, run.best_epoch, run.stale = reconcile_best(run.out, resume_state, log)
         start_results(run.out / RESULTS, None if resume_state is None else start_epoch)
     return run
 
@@ -422,6 +427,61 @@ def _restore(
     return meta["epoch"] + 1, meta["best_fitness"], meta["stale_epochs"]
 
 
+def reconcile_best(
+    out: Path, last: Checkpoint, log: Callable[[str], None]
+) -> tuple[float, int, int]:
+    """Make ``out/best`` hold what ``last`` (the checkpoint resumed from) says is best;
+    returns the best fitness so far, its epoch and the epochs since it improved, to
+    resume with.
+
+    ``last`` records the best fitness so far and its epoch (``best_epoch``; older files:
+    ``epoch - stale_epochs``); ``best`` records its own ``epoch`` and fitness. A run
+    writes ``best`` before ``last`` (:func:`validate_and_checkpoint`), each atomically,
+    so a kill leaves one of these, and the rule is:
+
+    1. ``best`` is ``last``'s best epoch: nothing to do.
+    2. ``best`` is newer than ``last`` (killed after writing ``best``, before ``last``):
+       ``best`` holds measured weights of an epoch that will run again; keep them and
+       resume with their fitness and epoch as the best so far, so the rerun replaces
+       them only if it does better.
+    3. ``last``'s own epoch is its best and ``best`` is not that epoch (missing,
+       unreadable, older: e.g. a kill between the writes of an older version, which
+       wrote ``last`` first): rewrite ``best`` from ``last``'s inference weights.
+    4. Otherwise the weights ``last`` calls best are gone: keep ``best`` as it is (or
+       none) and resume with its fitness and epoch (-1 without one), so the next epoch
+       that beats what ``best`` really holds rewrites it.
+    """
+    meta = last.metadata
+    stale = meta["stale_epochs"]
+    best_fitness = meta["best_fitness"]
+    best_epoch = meta.get("best_epoch", meta["epoch"] - stale)
+    best_path = out / BEST
+    try:
+        best = Checkpoint.load(best_path).metadata if best_path.is_file() else None
+    except ValueError as err:
+        log(f"warning: {err}")
+        best = None
+    if best is not None and best.get("epoch") == best_epoch:  # 1
+        return best_fitness, best_epoch, stale
+    if best is not None and best.get("epoch", -1) > meta["epoch"]:  # 2
+        log(
+            f"{best_path} is from epoch {best['epoch'] + 1}, after {LAST}'s epoch "
+            f"{meta['epoch'] + 1} (a run stopped between the two writes): keeping it as best"
+        )
+        return best.get("best_fitness", -1.0), best["epoch"], 0
+    if best_epoch == meta["epoch"]:  # 3
+        last.for_inference().save(best_path)
+        log(f"rewrote {best_path} from {LAST} (epoch {best_epoch + 1}, its best)")
+        return best_fitness, best_epoch, stale
+    fitness = -1.0 if best is None else best.get("best_fitness", -1.0)  # 4
+    epoch = -1 if best is None else best.get("epoch", -1)
+    log(
+        f"warning: the weights of epoch {best_epoch + 1}, best by {LAST}, were not saved; "
+        f"resuming with the fitness of what {best_path} holds ({fitness:.4f})"
+    )
+    return fitness, epoch, stale
+
+
 def _epoch_loader(run: TrainRun, epoch: int) -> DataLoader:
     """This epoch's batches: its augmentation seed and shuffle (this process's shard under
     DDP); whole images for the last ``close_mosaic`` epochs."""
@@ -496,7 +556,7 @@ def train_one_epoch(run: TrainRun, epoch: int) -> EpochStats:
 
 def validate_and_checkpoint(run: TrainRun, epoch: int, stats: EpochStats) -> bool:
     """On the main process: validate the EMA weights, append the epoch's row to
-    ``results.csv``, save ``last`` (and ``best`` when the fitness improved). Returns
+    ``results.csv``, save ``best`` when the fitness improved, then ``last``. Returns
     whether to stop early (patience ran out), agreed by every process."""
     stop = torch.zeros(1, device=run.device)
     if run.main_process:
@@ -513,9 +573,10 @@ def validate_and_checkpoint(run: TrainRun, epoch: int, stats: EpochStats) -> boo
         r = val.result
         fitness = 0.1 * _nz(r.ap50) + 0.9 * _nz(r.ap)
         improved = fitness > run.best_fitness
-        run.best_fitness, run.stale = (
-            (fitness, 0) if improved else (run.best_fitness, run.stale + 1)
-        )
+        if improved:
+            run.best_fitness, run.best_epoch, run.stale = fitness, epoch, 0
+        else:
+            run.stale += 1
         images_per_s = stats.seen * run.world / stats.seconds
         row = [
             epoch + 1,
@@ -543,14 +604,17 @@ def validate_and_checkpoint(run: TrainRun, epoch: int, stats: EpochStats) -> boo
             | {
                 "epoch": epoch,
                 "best_fitness": run.best_fitness,
+                "best_epoch": run.best_epoch,
                 "stale_epochs": run.stale,
                 "ema_updates": run.ema.updates,
                 "metrics": r.to_dict(),
             },
         )
-        checkpoint.save(run.out / LAST)
+        # best before last: a kill between the two leaves a newer best, which
+        # reconcile_best keeps on resume (last first would lose the best weights)
         if improved:
             checkpoint.for_inference().save(run.out / BEST)
+        checkpoint.save(run.out / LAST)
         if run.cfg.patience and run.stale >= run.cfg.patience:
             run.log(f"early stop: no improvement for {run.stale} epochs")
             stop += 1

@@ -23,12 +23,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from proto.detector.v1 import detector_pb2 as pb
-from proto.detector.v1 import detector_pb2_grpc as pb_grpc
 from server.batcher import Batcher
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
 from server.repository import ModelRepository
-from server.servicer import DetectorServicer
+from server.security import TokenAuthInterceptor, read_token_file, server_credentials
+from server.servicer import DetectorServicer, add_to_server
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,19 @@ async def create_server(
     """Build and start a server for ``repository`` on ``address`` (``host:port``, port 0 =
     any free port). Returns the server and the port it listens on; health is SERVING.
 
+    With ``config.tls_cert``/``tls_key`` it speaks TLS only (``tls_client_ca``: clients
+    must present a certificate); with ``config.auth_token_file`` every call but the
+    health service's needs the token (see :mod:`server.security`).
+
     Must run on the event loop that will serve the calls.
     """
     config = config or ServerConfig()
+    interceptors = []
+    if config.auth_token_file is not None:
+        interceptors.append(TokenAuthInterceptor(read_token_file(config.auth_token_file)))
+    credentials = None
+    if config.tls_cert is not None:
+        credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
     metrics = ServerMetrics()
     decode_pool = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="decode")
     batchers = {
@@ -93,21 +103,25 @@ async def create_server(
     }
     max_bytes = config.max_message_mb * MIB
     grpc_server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
-        ]
+        ],
     )
     servicer = DetectorServicer(
         repository, batchers, metrics, config.stream_window, config.batcher.max_queue
     )
-    pb_grpc.add_DetectorServiceServicer_to_server(servicer, grpc_server)
+    add_to_server(servicer, grpc_server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
     )
-    port = grpc_server.add_insecure_port(address)
+    if credentials is None:
+        port = grpc_server.add_insecure_port(address)
+    else:
+        port = grpc_server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     metrics_port = None
@@ -128,18 +142,32 @@ async def serve(
     host: str, port: int, models: Path, default: str | None, device: str, config: ServerConfig
 ) -> int:
     """Load the models of ``models``, serve them until SIGTERM/SIGINT, shut down
-    gracefully; returns the exit code (0). Prints the address it listens on."""
+    gracefully; returns the exit code (0). Prints the address it listens on.
+
+    A signal while the models load is the caller's to handle (``detector serve``
+    installs a handler that stops at once); from then on it stops the server gracefully.
+    """
+    print(f"loading models from {models}", flush=True)
     repository = ModelRepository.from_folder(models, default, device)
-    server, bound = await create_server(f"{host}:{port}", repository, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # from here on a signal stops gracefully
         loop.add_signal_handler(sig, stop.set)
+    server, bound = await create_server(f"{host}:{port}", repository, config)
     names = ", ".join(
         f"{m.name} ({m.detector.kind}){' [default]' if m.name == repository.default else ''}"
         for m in repository
     )
-    print(f"serving {names} on {host}:{bound}", flush=True)
+    security = ", ".join(
+        word
+        for word, on in (
+            ("TLS", config.tls_cert is not None),
+            ("client certificates required", config.tls_client_ca is not None),
+            ("token required", config.auth_token_file is not None),
+        )
+        if on
+    )
+    print(f"serving {names} on {host}:{bound} ({security or 'plaintext, no token'})", flush=True)
     if server.metrics_port is not None:
         metrics_host = config.metrics_host
         if ":" in metrics_host:  # an IPv6 address

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -31,6 +32,7 @@ from server.convert import (
     model_info_from_proto,
     request_to_proto,
 )
+from server.security import bearer_metadata, channel_credentials
 
 MIB = 1 << 20
 DEFAULT_MAX_MESSAGE_MB = 64
@@ -57,6 +59,13 @@ class DetectorClient:
         timeout: seconds each unary call may take (None = no deadline); streams take
             their own ``timeout`` argument.
         max_message_mb: largest message sent or received, in MiB.
+        tls: connect over TLS; None = when ``tls_ca`` or ``tls_cert`` is given.
+        tls_ca: PEM file of the CA that signed the server's certificate (None: the
+            system's roots).
+        tls_cert, tls_key: PEM files of a client certificate and its key, for a server
+            that requires one (both or neither).
+        auth_token: the server's token (``detector serve --auth-token-file``), sent as
+            ``authorization: Bearer <token>`` with every call.
     """
 
     def __init__(
@@ -64,17 +73,30 @@ class DetectorClient:
         address: str,
         timeout: float | None = None,
         max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
+        *,
+        tls: bool | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        auth_token: str | None = None,
     ):
         max_bytes = max_message_mb * MIB
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", max_bytes),
-                ("grpc.max_send_message_length", max_bytes),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+        ]
+        if tls is None:
+            tls = tls_ca is not None or tls_cert is not None
+        if tls:
+            credentials = channel_credentials(tls_ca, tls_cert, tls_key)
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        elif tls_ca is not None or tls_cert is not None or tls_key is not None:
+            raise ValueError("tls=False contradicts the TLS files given")
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
+        self._metadata = bearer_metadata(auth_token)
         self._stub = pb_grpc.DetectorServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._landmarks: dict[str, int] | None = None  # K per model, fetched on first need
@@ -123,7 +145,7 @@ class DetectorClient:
         """The raw ``DetectResponse`` (with server timings); settings as :meth:`detect`."""
         request = request_to_proto(image, **settings)
         try:
-            return self._stub.Detect(request, timeout=self.timeout)
+            return self._stub.Detect(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as err:
             raise _remote(err) from err
 
@@ -150,7 +172,9 @@ class DetectorClient:
         ]
         try:
             reply = self._stub.DetectBatch(
-                pb.DetectBatchRequest(requests=requests), timeout=self.timeout
+                pb.DetectBatchRequest(requests=requests),
+                timeout=self.timeout,
+                metadata=self._metadata,
             )
         except grpc.RpcError as err:
             raise _remote(err) from err
@@ -190,7 +214,7 @@ class DetectorClient:
                     failure.append(err)
                 raise
 
-        calls = self._stub.StreamDetect(requests(), timeout=timeout)
+        calls = self._stub.StreamDetect(requests(), timeout=timeout, metadata=self._metadata)
         try:
             for i, response in enumerate(calls):
                 if response.request_id != str(i):
@@ -209,7 +233,9 @@ class DetectorClient:
     def list_models(self) -> list[ModelInfo]:
         """The served models, sorted by name."""
         try:
-            reply = self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
+            reply = self._stub.ListModels(
+                pb.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata
+            )
         except grpc.RpcError as err:
             raise _remote(err) from err
         models = [model_info_from_proto(info) for info in reply.models]
@@ -221,7 +247,9 @@ class DetectorClient:
         ``"NOT_SERVING"``..."""
         try:
             reply = self._health.Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=self.timeout
+                health_pb2.HealthCheckRequest(service=service),
+                timeout=self.timeout,
+                metadata=self._metadata,
             )
         except grpc.RpcError as err:
             raise _remote(err) from err

@@ -5,9 +5,29 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 DEFAULT_PORT = 50051
+DEFAULT_HOST = "localhost"  # loopback only; 0.0.0.0 or [::] exposes the server
 DEFAULT_MAX_PIXELS = 8192 * 8192  # width * height above which an image is refused
+
+# Bounds of a request's strings and repeated fields (detector.proto documents them); a
+# request beyond one is refused with INVALID_ARGUMENT before any work is done.
+MAX_MODEL_NAME_CHARS = 128  # DetectRequest.model
+MAX_REQUEST_ID_CHARS = 128  # DetectRequest.request_id
+MAX_CLASS_FILTER_ENTRIES = 1024  # DetectRequest.class_ids, and class_names, each
+MAX_CLASS_NAME_CHARS = 128  # each of DetectRequest.class_names
+MAX_ECHOED_CHARS = 40  # a request value quoted in an error message is cut to this
+MAX_STATUS_MESSAGE_CHARS = 2048  # a status message is cut to this, whatever it quotes
+
+
+def quoted(text: str, limit: int = MAX_ECHOED_CHARS) -> str:
+    """How a request's string is quoted in an error message: ``repr(text)`` if it has at
+    most ``limit`` characters, else the ``repr`` of its first ``limit`` followed by
+    ``…(N chars)``."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}…({len(text)} chars)"
 
 
 @dataclass(frozen=True)
@@ -39,10 +59,18 @@ class ServerConfig:
     stream_window: int = 16  # requests of one StreamDetect processed at a time
     max_message_mb: int = 64  # largest request or response message
     metrics_port: int | None = None  # HTTP port of /metrics; None = off, 0 = any free port
-    metrics_host: str = "127.0.0.1"  # interface of the /metrics endpoint
+    metrics_host: str = "127.0.0.1"  # interface of the /metrics endpoint (plain HTTP)
     grace_s: float = 10.0  # time calls in flight get to finish on shutdown
+    tls_cert: Path | None = None  # PEM certificate chain; with tls_key the server speaks TLS
+    tls_key: Path | None = None  # PEM private key of tls_cert
+    tls_client_ca: Path | None = None  # PEM CA: clients must present a certificate it signed
+    auth_token_file: Path | None = None  # calls must carry "authorization: Bearer <its token>"
 
     def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs TLS: give --tls-cert and --tls-key too")
         for name in ("decode_workers", "stream_window", "max_message_mb"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from detector.predict import DEFAULT_MODEL, MODEL_SUFFIX, Detector
 from detector.settings import DEFAULT_OPTIONS, DetectOptions
+from server.config import quoted
 from server.errors import ModelNotFoundError
 
 HASH_CHUNK_BYTES = 1 << 20
@@ -90,7 +91,7 @@ class ModelRepository:
         """
         model = self._models.get(name or self.default)
         if model is None:
-            raise ModelNotFoundError(f"no model named {name!r}; served models: {self.names}")
+            raise ModelNotFoundError(f"no model named {quoted(name)}; served models: {self.names}")
         return model
 
     def __iter__(self) -> Iterator[ServedModel]:

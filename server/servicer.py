@@ -2,6 +2,9 @@
 
 It turns messages into :class:`~server.batcher.Batcher` submissions and back, maps
 errors to status codes (:func:`status_of`) and counts every call in the metrics.
+:func:`add_to_server` registers it with deserializers that turn bytes which are not a
+valid request into :class:`UndecodableRequest` (INVALID_ARGUMENT) instead of an
+UNKNOWN status and a traceback in the log.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from proto.detector.v1 import detector_pb2 as pb
 from proto.detector.v1 import detector_pb2_grpc as pb_grpc
 from server.batcher import Batcher
+from server.config import MAX_STATUS_MESSAGE_CHARS
 from server.convert import (
     image_from_proto,
     model_info_to_proto,
@@ -30,10 +35,13 @@ from server.errors import (
     ModelNotFoundError,
     QueueFullError,
 )
+from server.limits import check_detect_request
 from server.metrics import ServerMetrics
 from server.repository import ModelRepository
 
 log = logging.getLogger(__name__)
+
+UNDECODABLE_WARNING_INTERVAL_S = 60.0  # at most one warning about bad bytes per interval
 
 T = TypeVar("T")
 Code = grpc.StatusCode
@@ -48,8 +56,50 @@ class RequestError(Exception):
         self.error = error
 
 
+class UndecodableRequest:
+    """Stands for bytes that are not a valid ``message_type`` (what the deserializer of
+    :func:`add_to_server` returns for them); the servicer answers INVALID_ARGUMENT."""
+
+    def __init__(self, message_type: type[Message], error: DecodeError):
+        self.message_type = message_type
+        self.error = error
+
+    def as_error(self) -> ValueError:
+        name = self.message_type.DESCRIPTOR.full_name
+        return ValueError(f"the request is not a valid {name}: {self.error}")
+
+
+class RateLimitedWarning:
+    """Logs a warning at most once per ``interval_s`` seconds, with the number of the
+    ones left out since the last."""
+
+    def __init__(self, interval_s: float):
+        self._interval_s = interval_s
+        self._last: float | None = None
+        self._skipped = 0
+
+    def __call__(self, message: str) -> None:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self._interval_s:
+            self._skipped += 1
+            return
+        if self._skipped:
+            message = f"{message} (and {self._skipped} more like it since the last warning)"
+        log.warning(message)
+        self._last = now
+        self._skipped = 0
+
+
 def status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
-    """The status code and message a call that raised ``error`` ends with."""
+    """The status code and message a call that raised ``error`` ends with; the message
+    has at most ``MAX_STATUS_MESSAGE_CHARS`` characters."""
+    code, message = _status_of(error)
+    if len(message) > MAX_STATUS_MESSAGE_CHARS:
+        message = f"{message[:MAX_STATUS_MESSAGE_CHARS]}…({len(message)} chars)"
+    return code, message
+
+
+def _status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(error, RequestError):
         code, message = status_of(error.error)
         return code, f"requests[{error.index}]: {message}"
@@ -106,6 +156,7 @@ class DetectorServicer(pb_grpc.DetectorServiceServicer):
         self._metrics = metrics
         self._stream_window = stream_window
         self._max_images_per_call = max_images_per_call
+        self._warn_undecodable = RateLimitedWarning(UNDECODABLE_WARNING_INTERVAL_S)
 
     async def Detect(
         self, request: pb.DetectRequest, context: grpc.aio.ServicerContext
@@ -124,7 +175,7 @@ class DetectorServicer(pb_grpc.DetectorServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        return await self._guard("ListModels", context, lambda _: self._list_models())
+        return await self._guard("ListModels", context, lambda _: self._list_models(request))
 
     async def StreamDetect(
         self, request_iterator: AsyncIterator[pb.DetectRequest], context: grpc.aio.ServicerContext
@@ -178,8 +229,19 @@ class DetectorServicer(pb_grpc.DetectorServiceServicer):
         finally:
             self._metrics.request(method, code.name, time.monotonic() - start)
 
+    def _check(self, request: Message | UndecodableRequest) -> None:
+        """Refuse bytes that were not a valid request (with a rate-limited warning) and
+        a ``DetectRequest`` beyond the bounds of :mod:`server.limits`."""
+        if isinstance(request, UndecodableRequest):
+            error = request.as_error()
+            self._warn_undecodable(f"refused a request: {error}")
+            raise error
+        if isinstance(request, pb.DetectRequest):
+            check_detect_request(request)
+
     async def _detect(self, request: pb.DetectRequest, deadline: float | None) -> pb.DetectResponse:
         arrival = time.monotonic()
+        self._check(request)
         model = self._repository.get(request.model)
         options = options_from_request(request, model.options)
         image = image_from_proto(request.image)
@@ -195,11 +257,17 @@ class DetectorServicer(pb_grpc.DetectorServiceServicer):
     async def _batch(
         self, request: pb.DetectBatchRequest, deadline: float | None
     ) -> pb.DetectBatchResponse:
+        self._check(request)
         count = len(request.requests)
         if not 1 <= count <= self._max_images_per_call:
             raise ValueError(
                 f"DetectBatch takes 1 to {self._max_images_per_call} requests, got {count}"
             )
+        for index, item in enumerate(request.requests):  # every bound before any work
+            try:
+                check_detect_request(item)
+            except ValueError as err:
+                raise RequestError(index, err) from err
         outcomes = await asyncio.gather(
             *(self._detect(r, deadline) for r in request.requests), return_exceptions=True
         )
@@ -210,7 +278,8 @@ class DetectorServicer(pb_grpc.DetectorServiceServicer):
                 raise outcome
         return pb.DetectBatchResponse(responses=outcomes)
 
-    async def _list_models(self) -> pb.ListModelsResponse:
+    async def _list_models(self, request: pb.ListModelsRequest) -> pb.ListModelsResponse:
+        self._check(request)
         default = self._repository.default
         models = [model_info_to_proto(m, m.name == default) for m in self._repository]
         return pb.ListModelsResponse(models=models, default_model=default)
@@ -228,6 +297,45 @@ class DetectorServicer(pb_grpc.DetectorServiceServicer):
             await window.put(END_OF_STREAM)
         except Exception as err:  # the request stream itself broke
             await window.put(err)
+
+
+def add_to_server(servicer: DetectorServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` with ``server``, as the generated
+    ``add_DetectorServiceServicer_to_server`` does, but with request deserializers that
+    return :class:`UndecodableRequest` for bytes that do not decode."""
+    service = pb.DESCRIPTOR.services_by_name["DetectorService"]
+    handlers = {}
+    for method in service.methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        if method.client_streaming != method.server_streaming:
+            raise AssertionError(f"{method.name}: no handler kind for this streaming mix")
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if method.client_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=_lenient_deserializer(request_type),
+            response_serializer=response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def _lenient_deserializer(
+    message_type: type[Message],
+) -> Callable[[bytes], Message | UndecodableRequest]:
+    def deserialize(data: bytes) -> Message | UndecodableRequest:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as err:
+            return UndecodableRequest(message_type, err)
+
+    return deserialize
 
 
 def _cancelled_code(deadline: float | None) -> grpc.StatusCode:

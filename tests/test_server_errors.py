@@ -40,6 +40,7 @@ from server.repository import ModelRepository
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAX_PIXELS = 100 * 100  # pixel limit of the error-test server
+MANY_MODELS = 40  # model files of the server that gets SIGTERM while loading them
 Code = grpc.StatusCode
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -280,3 +281,26 @@ def test_sigterm_drains_calls_in_flight_and_exits_zero(model_dir):
     assert refused.value.code == Code.UNAVAILABLE
     reference = Detector.load(model_dir / "m.safetensors", device="cpu")
     assert_same(answer, reference.detect([GOOD], score_threshold=LOW_SCORE)[0])
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_models_load_exits_zero_with_one_line(model_dir, tmp_path):
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(MANY_MODELS):  # enough files that loading takes a while
+        (many / f"m{i:02d}.safetensors").write_bytes((model_dir / "m.safetensors").read_bytes())
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "server", "--models", str(many), "--port", "0"]
+    proc = subprocess.Popen(
+        args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("loading models from"), first
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, first + out
+    assert "Traceback" not in out
+    assert out.strip() == "stopped by SIGTERM while starting, before serving", out

@@ -68,6 +68,52 @@ def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_TIMEOUT_S,
         help=f"seconds per call (default: {DEFAULT_TIMEOUT_S:g})",
     )
+    add_connection_arguments(parser)
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """The TLS and token options of a client of a detector server."""
+    group = parser.add_argument_group("connection security (default: plaintext, no token)")
+    group.add_argument(
+        "--tls", action="store_true", help="connect over TLS (implied by --tls-ca, --tls-cert)"
+    )
+    group.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=None,
+        help="PEM CA that signed the server's certificate (default with --tls: system roots)",
+    )
+    group.add_argument(
+        "--tls-cert", type=Path, default=None, help="PEM client certificate, with --tls-key"
+    )
+    group.add_argument("--tls-key", type=Path, default=None, help="PEM key of --tls-cert")
+    group.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=None,
+        help="file holding the server's token (sent as 'authorization: Bearer <token>')",
+    )
+
+
+def connection_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``DetectorClient`` that :func:`add_connection_arguments`
+    options give.
+
+    Raises:
+        FileNotFoundError, ValueError: an unreadable token file, half a client certificate.
+    """
+    from server.security import read_token_file
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("a client certificate needs both --tls-cert and --tls-key")
+    token = None if args.auth_token_file is None else read_token_file(args.auth_token_file)
+    return {
+        "tls": args.tls or None,
+        "tls_ca": args.tls_ca,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "auth_token": token,
+    }
 
 
 def run_detect(args: argparse.Namespace) -> int:
@@ -77,7 +123,7 @@ def run_detect(args: argparse.Namespace) -> int:
     if missing:
         raise FileNotFoundError(f"no such image files: {', '.join(missing)}")
     classes = [int(c) if c.isdigit() else c for c in args.classes] if args.classes else None
-    with DetectorClient(args.server, timeout=args.timeout) as client:
+    with DetectorClient(args.server, timeout=args.timeout, **connection_options(args)) as client:
         try:
             results = client.detect_batch(
                 args.images,
@@ -100,7 +146,7 @@ def run_models(args: argparse.Namespace) -> int:
 
     from server.client import DetectorClient, RemoteError
 
-    with DetectorClient(args.server, timeout=args.timeout) as client:
+    with DetectorClient(args.server, timeout=args.timeout, **connection_options(args)) as client:
         try:
             models = client.list_models()
         except RemoteError as err:

@@ -6,9 +6,10 @@ The same options drive ``python -m server``.
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
-from server.config import DEFAULT_PORT, BatcherConfig, ServerConfig
+from server.config import DEFAULT_HOST, DEFAULT_PORT, BatcherConfig, ServerConfig
 
 MAX_PORT = 65535
 BATCHER = BatcherConfig()  # defaults of the options (server.config, torch-free)
@@ -24,9 +25,28 @@ Each model has a dynamic batcher: a batch closes at --max-batch requests or
 --max-delay-ms after its first request, and runs as one forward pass; a full queue
 (--max-queue) answers RESOURCE_EXHAUSTED at once.
 
+Who may connect: by default the server (and /metrics) listen on loopback only
+(--host localhost), in plaintext and without authentication. --host 0.0.0.0 or [::]
+exposes them on every interface; then use --tls-cert/--tls-key (TLS),
+--tls-client-ca (clients must present a certificate signed by that CA) and/or
+--auth-token-file (calls must carry "authorization: Bearer <token>"; the health
+service stays open for probes). /metrics is plain HTTP without a token.
+
 SIGTERM or SIGINT: health turns NOT_SERVING, new calls are refused, calls in flight get
---grace seconds to finish, then the server exits with 0.
+--grace seconds to finish, then the server exits with 0. One that comes while the
+server starts (the model stack imports, the models load) stops it at once, also with 0
+and one line saying so.
 """
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StartupInterrupted(Exception):
+    """SIGTERM or SIGINT arrived before the server was serving."""
+
+
+def _interrupt_startup(signum: int, frame: object) -> None:
+    raise StartupInterrupted(signal.Signals(signum).name)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model for requests that name none (default: 'digits' if served, else the "
         "first by name)",
     )
-    parser.add_argument("--host", default="[::]", help="interface to listen on (default: [::])")
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"interface to listen on, also for /metrics (default: {DEFAULT_HOST}, loopback "
+        "only; 0.0.0.0 or [::] exposes the server on every interface)",
+    )
     parser.add_argument(
         "--port",
         type=int,
@@ -110,6 +135,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"seconds calls in flight get to finish on shutdown (default: {SERVER.grace_s:g})",
     )
 
+    security = parser.add_argument_group("security (default: plaintext, no token)")
+    security.add_argument(
+        "--tls-cert", type=Path, default=None, help="PEM certificate chain: serve TLS only"
+    )
+    security.add_argument(
+        "--tls-key", type=Path, default=None, help="PEM private key of --tls-cert"
+    )
+    security.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=None,
+        help="PEM CA: require client certificates signed by it (needs --tls-cert)",
+    )
+    security.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=None,
+        help="file holding a token every call must carry as 'authorization: Bearer <token>' "
+        "(health checks excepted)",
+    )
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``serve`` to the ``detector`` command."""
@@ -124,6 +170,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT; 0 also when one comes while the server starts."""
+    previous = {sig: signal.signal(sig, _interrupt_startup) for sig in STOP_SIGNALS}
+    try:
+        return _run(args)
+    except StartupInterrupted as err:
+        print(f"stopped by {err} while starting, before serving", flush=True)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
     import os
@@ -150,6 +209,10 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         metrics_host=args.host.strip("[]"),
         grace_s=args.grace,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth_token_file=args.auth_token_file,
     )
     models = args.models if args.models is not None else WEIGHTS_DIR
     return asyncio.run(serve(args.host, args.port, models, args.default, args.device, config))

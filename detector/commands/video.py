@@ -16,6 +16,7 @@ from detector.commands import (
     add_detect_options,
     detect_options,
 )
+from detector.commands.client import add_connection_arguments, connection_options
 from detector.settings import DEFAULT_OPTIONS, DetectOptions
 
 if TYPE_CHECKING:
@@ -125,6 +126,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="with --server: seconds each batch's call may take",
     )
+    add_connection_arguments(parser)  # with --server: TLS and token
     parser.add_argument(
         "--batch", type=int, default=DEFAULT_BATCH, metavar="N", help="frames per model call"
     )
@@ -183,7 +185,8 @@ def open_detect_fn(args: argparse.Namespace) -> Iterator[tuple[DetectFn, str]]:
     if not args.timeout > 0:
         raise ValueError(f"--timeout must be > 0, got {args.timeout}")
     model = args.model or ""
-    with DetectorClient(args.server, timeout=args.timeout) as client:
+    connection = connection_options(args)
+    with DetectorClient(args.server, timeout=args.timeout, **connection) as client:
         detect_fn = remote_detect_fn(client, model, detect_options(args), timeout=args.timeout)
         name = served_model(client, model)
         yield detect_fn, f"model {name} on server {args.server}"

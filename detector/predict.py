@@ -46,6 +46,8 @@ from detector.weights import (  # noqa: F401  (MODEL_SUFFIX, WEIGHTS_DIR: re-exp
     resolve_model_path,
 )
 
+BACKENDS = ("torch", "onnxruntime")  # what runs the network (see Detector.load)
+
 
 class Detector:
     """A loaded model with its pre- and post-processing, for every model kind.
@@ -88,17 +90,49 @@ class Detector:
 
     @classmethod
     def load(
-        cls, path_or_name: str | Path = DEFAULT_MODEL, device: str | torch.device = "auto"
+        cls,
+        path_or_name: str | Path = DEFAULT_MODEL,
+        device: str | torch.device = "auto",
+        backend: str = "torch",
     ) -> Detector:
-        """Load a model file or a shipped model by name (see :func:`resolve_model_path`)."""
+        """Load a model file or a shipped model by name (see :func:`resolve_model_path`).
+
+        With ``backend="onnxruntime"`` the file is an ``.onnx`` model written by
+        ``detector export`` (needs the ``onnx`` extra), run by ONNX Runtime on the CPU;
+        everything around the network is the same.
+
+        Raises:
+            FileNotFoundError: no such file or shipped model.
+            ValueError: not a model file, an unknown backend or kind, or a device that
+                is not there.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {list(BACKENDS)}")
         path = resolve_model_path(path_or_name)
         device = resolve_device(device)
+        if backend == "onnxruntime":
+            return cls._load_onnx(path, device)
+        if path.suffix == ".onnx":
+            raise ValueError(f"{path} is an ONNX model: load it with backend='onnxruntime'")
         checkpoint = Checkpoint.load(path)
         model = get_kind(checkpoint.kind).build(checkpoint.config)
         model.load_state_dict(checkpoint.inference_state)
         return cls(
             model, checkpoint.config, device, checkpoint.kind, path.stem, checkpoint.metadata
         )
+
+    @classmethod
+    def _load_onnx(cls, path: Path, device: torch.device) -> Detector:
+        from detector.export import OnnxRuntimeNetwork
+
+        if path.suffix != ".onnx":
+            raise ValueError(
+                f"backend onnxruntime runs an .onnx file written by 'detector export', got {path}"
+            )
+        if device.type != "cpu":
+            raise ValueError("backend onnxruntime runs on the CPU here; use --device cpu")
+        network = OnnxRuntimeNetwork(path)
+        return cls(network, network.config, device, network.kind, path.stem, network.metadata)
 
     @property
     def input_size(self) -> int:

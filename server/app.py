@@ -139,7 +139,13 @@ async def create_server(
 
 
 async def serve(
-    host: str, port: int, models: Path, default: str | None, device: str, config: ServerConfig
+    host: str,
+    port: int,
+    models: Path,
+    default: str | None,
+    device: str,
+    config: ServerConfig,
+    backend: str = "torch",
 ) -> int:
     """Load the models of ``models``, serve them until SIGTERM/SIGINT, shut down
     gracefully; returns the exit code (0). Prints the address it listens on.
@@ -148,7 +154,7 @@ async def serve(
     installs a handler that stops at once); from then on it stops the server gracefully.
     """
     print(f"loading models from {models}", flush=True)
-    repository = ModelRepository.from_folder(models, default, device)
+    repository = ModelRepository.from_folder(models, default, device, backend)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # from here on a signal stops gracefully

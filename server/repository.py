@@ -12,6 +12,7 @@ from detector.settings import DEFAULT_OPTIONS, DetectOptions
 from server.config import quoted
 from server.errors import ModelNotFoundError
 
+ONNX_SUFFIX = ".onnx"  # model files served with backend onnxruntime
 HASH_CHUNK_BYTES = 1 << 20
 
 
@@ -52,9 +53,14 @@ class ModelRepository:
 
     @classmethod
     def from_folder(
-        cls, folder: str | Path, default: str | None = None, device: str = "auto"
+        cls,
+        folder: str | Path,
+        default: str | None = None,
+        device: str = "auto",
+        backend: str = "torch",
     ) -> ModelRepository:
-        """Load every ``*.safetensors`` file of ``folder``, each under its file name's stem.
+        """Load every ``*.safetensors`` file of ``folder`` (``*.onnx`` with backend
+        ``onnxruntime``), each under its file name's stem.
 
         Raises:
             FileNotFoundError: no such folder, or no model file in it.
@@ -63,11 +69,13 @@ class ModelRepository:
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"model folder {folder} does not exist")
-        paths = sorted(folder.glob(f"*{MODEL_SUFFIX}"))
+        suffix = ONNX_SUFFIX if backend == "onnxruntime" else MODEL_SUFFIX
+        paths = sorted(folder.glob(f"*{suffix}"))
         if not paths:
-            raise FileNotFoundError(f"no model files (*{MODEL_SUFFIX}) in {folder}")
+            raise FileNotFoundError(f"no model files (*{suffix}) in {folder}")
         models = [
-            ServedModel(path.stem, Detector.load(path, device), file_sha256(path)) for path in paths
+            ServedModel(path.stem, Detector.load(path, device, backend), file_sha256(path))
+            for path in paths
         ]
         return cls(models, default)
 

@@ -348,3 +348,68 @@ def test_command_defaults_are_the_library_defaults():
     assert command.DEFAULT_MAX_BATCH == export.DEFAULT_MAX_BATCH
     assert command.DEFAULT_PREFERRED_BATCHES == export.DEFAULT_PREFERRED_BATCHES
     assert command.DEFAULT_MAX_QUEUE_DELAY_US == export.DEFAULT_MAX_QUEUE_DELAY_US
+
+
+# ---------------------------------------------------------------- the onnxruntime backend
+
+
+def test_detector_with_the_onnxruntime_backend_equals_torch(torch_model, onnx_path, tmp_path):
+    """Detector.load(..., backend="onnxruntime") runs the exported file with the same
+    pre- and post-processing: the same detections as the torch model, for a landscape,
+    a portrait and a square image (minimal padding gives three input shapes)."""
+    import numpy as np
+
+    from detector.predict import Detector
+
+    _, weights = torch_model
+    on_torch = Detector.load(weights, device="cpu")
+    onnx_file = tmp_path / "faces.onnx"
+    onnx_file.write_bytes(onnx_path.read_bytes())
+    on_ort = Detector.load(onnx_file, device="cpu", backend="onnxruntime")
+    assert on_ort.kind == on_torch.kind and on_ort.names == on_torch.names
+    rng = np.random.default_rng(0)
+    images = [
+        rng.integers(0, 256, s, np.uint8) for s in ((240, 320, 3), (300, 200, 3), (90, 90, 3))
+    ]
+    for image in images:
+        letterboxed, _ = on_torch.preprocess(image)
+        want = on_torch.forward(letterboxed[None])
+        got = on_ort.forward(letterboxed[None])
+        torch.testing.assert_close(got.boxes, want.boxes, atol=1e-3, rtol=0)
+        torch.testing.assert_close(got.scores, want.scores, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got.landmarks, want.landmarks, atol=1e-3, rtol=0)
+    for want, got in zip(on_torch.detect(images), on_ort.detect(images), strict=True):
+        assert got.image_size == want.image_size and len(got) == len(want)
+    with pytest.raises(ValueError, match="backend='onnxruntime'"):
+        Detector.load(onnx_file, device="cpu")
+    with pytest.raises(ValueError, match=r"\.onnx file"):
+        Detector.load(weights, device="cpu", backend="onnxruntime")
+    with pytest.raises(ValueError, match="unknown backend"):
+        Detector.load(weights, device="cpu", backend="tensorrt")
+
+
+def test_predict_and_the_server_repository_take_the_onnxruntime_backend(onnx_path, tmp_path):
+    import json as json_module
+
+    import cv2
+    import numpy as np
+
+    from server.repository import ModelRepository
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    onnx_file = folder / "faces.onnx"
+    onnx_file.write_bytes(onnx_path.read_bytes())
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.random.default_rng(1).integers(0, 256, (120, 160, 3), np.uint8))
+    out = tmp_path / "out.jsonl"
+    argv = ["predict", str(image), "--weights", str(onnx_file), "--backend", "onnxruntime"]
+    assert main([*argv, "--device", "cpu", "--no-save", "--json", str(out), "--quiet"]) == 0
+    (record,) = [json_module.loads(line) for line in out.read_text().splitlines()]
+    assert record["image"] == str(image) and "detections" in record
+    repository = ModelRepository.from_folder(folder, device="cpu", backend="onnxruntime")
+    assert repository.names == ["faces"] and repository.get().detector.names == [
+        "cat",
+        "dog",
+        "bird",
+    ]

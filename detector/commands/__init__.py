@@ -49,3 +49,17 @@ def detect_options(args: argparse.Namespace) -> DetectOptions:
     """The :class:`DetectOptions` of ``--conf``, ``--iou``, ``--max-det`` (and ``--classes``
     where the command has it); ``ValueError`` for a bad value."""
     return DetectOptions(args.conf, args.iou, args.max_det, getattr(args, "classes", None))
+
+
+BACKENDS = ("torch", "onnxruntime")  # detector.predict.BACKENDS, without importing torch
+
+
+def add_backend_option(parser: argparse.ArgumentParser) -> None:
+    """``--backend``: what runs the network (see ``Detector.load``)."""
+    parser.add_argument(
+        "--backend",
+        default=BACKENDS[0],
+        choices=BACKENDS,
+        help="torch (a .safetensors model), or onnxruntime (an .onnx file written by "
+        "'detector export'; needs the onnx extra; CPU)",
+    )

@@ -15,6 +15,7 @@ from detector.commands import (
     EXIT_OK,
     EXIT_USAGE,
     HelpFormatter,
+    add_backend_option,
     add_detect_options,
     detect_options,
 )
@@ -88,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="keep only these classes (names or ids; put IMAGES first); default: all",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_backend_option(parser)
     parser.add_argument(
         "--batch", type=int, default=DEFAULT_BATCH, metavar="N", help="images per model call"
     )
@@ -221,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     from detector.progress import progress
     from detector.settings import class_ids
 
-    detector = Detector.load(weights, args.device)
+    detector = Detector.load(weights, args.device, args.backend)
     class_ids(options.classes, detector.names)  # an unknown class fails before any work
     save_dir = None if args.no_save else Path(args.save_dir)
     targets = output_paths(sources, save_dir) if save_dir is not None else [None] * len(sources)

@@ -9,6 +9,7 @@ import argparse
 import signal
 from pathlib import Path
 
+from detector.commands import add_backend_option
 from server.config import DEFAULT_HOST, DEFAULT_PORT, BatcherConfig, ServerConfig
 
 MAX_PORT = 65535
@@ -79,6 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1..."
     )
+    add_backend_option(parser)
     parser.add_argument(
         "--max-batch",
         type=int,
@@ -215,4 +217,6 @@ def _run(args: argparse.Namespace) -> int:
         auth_token_file=args.auth_token_file,
     )
     models = args.models if args.models is not None else WEIGHTS_DIR
-    return asyncio.run(serve(args.host, args.port, models, args.default, args.device, config))
+    return asyncio.run(
+        serve(args.host, args.port, models, args.default, args.device, config, args.backend)
+    )

@@ -13,6 +13,7 @@ from detector.commands import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     HelpFormatter,
+    add_backend_option,
     add_detect_options,
     detect_options,
 )
@@ -107,6 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto, cpu, cuda or cuda:N (ignored with --server)"
     )
+    add_backend_option(parser)
     parser.add_argument(
         "--server",
         type=server_address,
@@ -201,7 +203,7 @@ def build_detect_fn(args: argparse.Namespace) -> tuple[DetectFn, str]:
 
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
-    detector = Detector.load(args.weights, args.device)
+    detector = Detector.load(args.weights, args.device, args.backend)
     detect_fn = local_detect_fn(detector, detect_options(args))
     where = str(detector.device)
     if detector.device.type == "cpu":

@@ -219,7 +219,7 @@ def keypoint_result(
         predictions,
         num_classes=len(info.names),
         sigmas=sigmas,
-        keypoint_names=names or list(model_landmark_names) or None,
+        keypoint_names=names or info.kpt_names or list(model_landmark_names) or None,
     )
 
 

@@ -58,6 +58,8 @@ class ModelConfig:
     class_names: tuple[str, ...] = ()  # optional, len == num_classes when given
     landmark_names: tuple[str, ...] = ()  # optional, len == num_landmarks when given
     flip_idx: tuple[int, ...] = ()  # landmark permutation for a horizontal flip
+    # Pairs (i, j) of landmark indices in [0, K) joined by a line when detections are drawn.
+    skeleton: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
@@ -80,8 +82,17 @@ class ModelConfig:
             raise ValueError(f"num_landmarks must be >= 0, got {self.num_landmarks}")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        if self.landmark_names and len(self.landmark_names) != self.num_landmarks:
+            raise ValueError(
+                f"{len(self.landmark_names)} landmark names for {self.num_landmarks} landmarks"
+            )
         if self.flip_idx and sorted(self.flip_idx) != list(range(self.num_landmarks)):
             raise ValueError(f"flip_idx must be a permutation of 0..{self.num_landmarks - 1}")
+        for pair in self.skeleton:
+            if len(pair) != 2 or not all(0 <= i < self.num_landmarks for i in pair):
+                raise ValueError(
+                    f"skeleton pair {pair} must be two landmark indices in [0, {self.num_landmarks})"
+                )
 
     @property
     def input_multiple(self) -> int:

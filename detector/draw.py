@@ -6,7 +6,9 @@ Every function returns a new image; the caller's array is never written to.
 A box is drawn with its class colour from a fixed palette (class id modulo the palette
 length), with a filled tag ``"label score"`` above it (or just inside its top edge
 when there is no room above); tags are shifted to stay inside the image. Landmarks are
-filled dots coloured by point index k (``PALETTE[7k mod 20]``), so that e.g. a left eye keeps one colour.
+filled dots coloured by point index k (``PALETTE[7k mod 20]``), so that e.g. a left eye keeps one colour;
+a skeleton's pairs ``(i, j)`` join points i and j with a line in the detection's class colour,
+under the dots, where both points are visible.
 """
 
 from __future__ import annotations
@@ -65,8 +67,9 @@ def draw_detections(
     colours: Sequence[Colour] | None = None,
     thickness: int | None = None,
     show_scores: bool = True,
+    skeleton: Sequence[tuple[int, int]] = (),
 ) -> np.ndarray:
-    """Draw boxes, label tags and landmarks on a copy of ``image``.
+    """Draw boxes, label tags, landmarks and their skeleton on a copy of ``image``.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
@@ -76,9 +79,15 @@ def draw_detections(
         colours: RGB colour per class id (cycled); default :data:`PALETTE`.
         thickness: box line width in pixels; default :func:`auto_thickness`.
         show_scores: append the score to each label.
+        skeleton: pairs ``(i, j)`` of landmark indices in ``[0, K)`` joined by a line
+            (e.g. a model's ``ModelConfig.skeleton``); ignored without landmarks.
 
     Returns:
         A new ``(H, W, 3)`` uint8 RGB image; with no detections, an identical copy.
+
+    Raises:
+        ValueError: a bad image, colours or thickness, detections whose parts disagree in
+            length, or a skeleton index outside ``[0, K)``.
     """
     _check_image(image, "image")
     if colours is not None and len(colours) == 0:
@@ -105,7 +114,11 @@ def draw_detections(
             text = f"{text} {float(detections.scores[i]):.2f}"
         _draw_tag(out, text, x1, y1, colour, line)
     if detections.landmarks is not None:
-        _draw_points(out, np.asarray(detections.landmarks, dtype=np.float64), line)
+        landmarks = np.asarray(detections.landmarks, dtype=np.float64)
+        if len(skeleton):
+            _check_skeleton(skeleton, landmarks.shape[1])
+            _draw_skeleton(out, landmarks, detections.class_ids, skeleton, colours, line)
+        _draw_points(out, landmarks, line)
     return out
 
 
@@ -212,14 +225,46 @@ def _draw_tag(out: np.ndarray, text: str, x: int, y: int, colour: Colour, line: 
     cv2.putText(out, text, origin, FONT, scale, _text_colour(colour), text_line, cv2.LINE_AA)
 
 
+def _check_skeleton(skeleton: Sequence[tuple[int, int]], num_points: int) -> None:
+    for pair in skeleton:
+        if len(pair) != 2 or not all(0 <= int(i) < num_points for i in pair):
+            raise ValueError(
+                f"skeleton pair {tuple(pair)} must be two landmark indices in [0, {num_points})"
+            )
+
+
+def _visible(point: np.ndarray) -> bool:
+    x, y, visibility = point
+    return visibility != HIDDEN and bool(np.isfinite(x) and np.isfinite(y))
+
+
+def _draw_skeleton(
+    out: np.ndarray,
+    landmarks: np.ndarray,
+    class_ids: Sequence[int],
+    skeleton: Sequence[tuple[int, int]],
+    colours: Sequence[Colour] | None,
+    line: int,
+) -> None:
+    """Lines between the ``(N, K, 3)`` points of each skeleton pair where both are visible."""
+    for points, class_id in zip(landmarks, class_ids, strict=True):
+        colour = class_colour(class_id, colours)
+        for i, j in skeleton:
+            a, b = points[int(i)], points[int(j)]
+            if _visible(a) and _visible(b):
+                start = (int(round(a[0])), int(round(a[1])))
+                end = (int(round(b[0])), int(round(b[1])))
+                cv2.line(out, start, end, colour, line, cv2.LINE_AA)
+
+
 def _draw_points(out: np.ndarray, landmarks: np.ndarray, line: int) -> None:
     """Filled dots for ``(N, K, 3)`` ``(x, y, visibility)`` points, coloured by index k."""
     radius = line + 1
     for points in landmarks:
-        for k, (x, y, visibility) in enumerate(points):
-            if visibility == HIDDEN or not (np.isfinite(x) and np.isfinite(y)):
+        for k, point in enumerate(points):
+            if not _visible(point):
                 continue
-            centre = (int(round(x)), int(round(y)))
+            centre = (int(round(point[0])), int(round(point[1])))
             cv2.circle(
                 out, centre, radius, class_colour(k * LANDMARK_COLOUR_STEP), cv2.FILLED, cv2.LINE_AA
             )

@@ -151,24 +151,31 @@ def plot_predictions(
         raise ValueError("plot_predictions needs at least one image; the split is empty")
     images = [read_rgb(sample.image_path) for sample in samples]
     detections = detector.detect(images, options)
+    skeleton = detector.config.skeleton
     pairs = [
-        preview_pair(image, sample, info.names, found)
+        preview_pair(image, sample, info.names, found, skeleton)
         for image, sample, found in zip(images, samples, detections, strict=True)
     ]
     return save_rgb(image_grid(pairs, PREVIEW_COLUMNS), path)
 
 
 def preview_pair(
-    image: np.ndarray, sample: Sample, names: Sequence[str], detections: Detections
+    image: np.ndarray,
+    sample: Sample,
+    names: Sequence[str],
+    detections: Detections,
+    skeleton: Sequence[tuple[int, int]] = (),
 ) -> np.ndarray:
     """One image scaled to fit ``PREVIEW_CELL``, twice side by side: the ground truth of
-    ``sample`` on the left (class names, no scores), ``detections`` on the right; each
-    half under a caption band (``"truth: N"``, ``"predicted: N"``, or a red
-    ``NO_DETECTIONS`` band when there are none).
+    ``sample`` on the left (class names, no scores, its labelled landmarks), ``detections``
+    on the right; each half under a caption band (``"truth: N"``, ``"predicted: N"``, or a
+    red ``NO_DETECTIONS`` band when there are none). Both halves join landmarks by
+    ``skeleton`` (pairs of landmark indices, see :func:`detector.draw.draw_detections`).
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB, the image of ``sample``.
-        sample: its labels: boxes ``(N, 4)`` xyxy pixels, classes ``(N,)``.
+        sample: its labels: boxes ``(N, 4)`` xyxy pixels, classes ``(N,)``, landmarks
+            ``(N, K, 3)`` pixels or ``None``.
         names: class names of the sample's class ids.
         detections: the model's, in the image's pixels.
 
@@ -177,20 +184,26 @@ def preview_pair(
     """
     small, scale = fit_image(image, PREVIEW_CELL)
     classes = np.asarray(sample.classes, np.int64)
+    truth_points = None
+    if sample.landmarks is not None:
+        truth_points = np.asarray(sample.landmarks, np.float32).copy()
+        truth_points[..., :2] *= scale
     truth = Detections(
         boxes=np.asarray(sample.boxes, np.float32).reshape(-1, 4) * scale,
         scores=np.ones(len(classes), np.float32),
         class_ids=classes,
         labels=[names[c] if 0 <= c < len(names) else str(c) for c in classes],
-        landmarks=None,
+        landmarks=truth_points,
         image_size=small.shape[:2],
     )
     left = _captioned(
-        draw_detections(small, truth, show_scores=False), f"truth: {len(truth)}", CAPTION_COLOUR
+        draw_detections(small, truth, show_scores=False, skeleton=skeleton),
+        f"truth: {len(truth)}",
+        CAPTION_COLOUR,
     )
     found = len(detections)
     right = _captioned(
-        draw_detections(small, _scaled(detections, scale)),
+        draw_detections(small, _scaled(detections, scale), skeleton=skeleton),
         f"predicted: {found}" if found else NO_DETECTIONS,
         CAPTION_COLOUR if found else NO_DETECTIONS_COLOUR,
     )

@@ -351,7 +351,11 @@ def _start_from(
     options: TrainOptions, train_info: DatasetInfo, log: Callable[[str], None]
 ) -> tuple[ModelConfig, Checkpoint | None, Checkpoint | None]:
     """The model's configuration, and the checkpoint to resume (``--resume``: out/last)
-    or to take the first weights from (``--init``); a new model gets k-means anchors."""
+    or to take the first weights from (``--init``); a new model gets k-means anchors.
+
+    A new model records the dataset's landmark names, flip_idx and skeleton; ``--init``
+    keeps the initial model's unless the dataset gives them (the data describes its points);
+    ``--resume`` continues with the checkpoint's configuration as it is."""
     if options.resume:
         last_path = Path(options.out) / LAST
         if not last_path.is_file():
@@ -367,6 +371,13 @@ def _start_from(
                 f"--init {options.init}: its classes {list(model_config.names)} differ from the "
                 f"dataset's {train_info.names}"
             )
+        num_kpts = train_info.kpt_shape[0] if train_info.kpt_shape else 0
+        if model_config.num_landmarks != num_kpts:
+            raise ValueError(
+                f"--init {options.init}: its {model_config.num_landmarks} landmarks differ from "
+                f"the dataset's {num_kpts}"
+            )
+        model_config = replace(model_config, **_landmark_fields(train_info, model_config))
         log(f"initialised from {options.init} (size {model_config.size}, its anchors)")
         return model_config, None, init_state
     model_config = ModelConfig(
@@ -376,9 +387,23 @@ def _start_from(
         anchors=fit_anchors(train_info, options.imgsz, options.config.seed, log),
         num_landmarks=train_info.kpt_shape[0] if train_info.kpt_shape else 0,
         class_names=tuple(train_info.names),
-        flip_idx=tuple(train_info.flip_idx or ()),
+        **_landmark_fields(train_info),
     )
     return model_config, None, None
+
+
+def _landmark_fields(info: DatasetInfo, base: ModelConfig | None = None) -> dict:
+    """``landmark_names``, ``flip_idx`` and ``skeleton`` of a ModelConfig from a dataset;
+    where the dataset gives none, ``base``'s (or empty)."""
+    given = {
+        "landmark_names": tuple(info.kpt_names) if info.kpt_names else None,
+        "flip_idx": tuple(info.flip_idx) if info.flip_idx else None,
+        "skeleton": tuple((int(i), int(j)) for i, j in info.skeleton) if info.skeleton else None,
+    }
+    return {
+        name: value if value is not None else (getattr(base, name) if base else ())
+        for name, value in given.items()
+    }
 
 
 def _set_up_device(name: str, local_rank: int, world: int, workers: int) -> torch.device:

@@ -20,7 +20,10 @@ JSON-lines file with one record per frame, in frame order::
      "image_size": [h, w], "detections": [{"box": [x1, y1, x2, y2], "score": ...,
      "class_id": ..., "label": ...}, ...]}
 
-``timestamp`` is ``index / fps`` in seconds (the container's nominal frame rate).
+``timestamp`` is ``index / fps`` in seconds (the container's nominal frame rate). With a
+landmark model each detection also has ``"landmarks": [[x, y], ...]`` (K points, frame
+pixels; see :meth:`~detector.settings.Detections.to_dict`), drawn joined by the model's
+skeleton when the ``draw_fn`` is :func:`skeleton_draw_fn`'s.
 
 **Stride.** With ``stride = K`` the detector runs on frames ``0, K, 2K, ...`` only
 (``"source": "model"``). Every other frame *carries* the detections of the most recent
@@ -38,12 +41,13 @@ Finding input files, naming outputs and running a job list: :mod:`detector.video
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -116,6 +120,14 @@ class VideoInterrupted(KeyboardInterrupt):
     def __init__(self, result: VideoResult):
         super().__init__(f"interrupted after {result.frames} frames of {result.source}")
         self.result = result
+
+
+def skeleton_draw_fn(skeleton: Sequence[tuple[int, int]] = ()) -> DrawFn:
+    """:func:`~detector.draw.draw_detections` joining landmarks by ``skeleton`` (pairs of
+    landmark indices, e.g. a model's ``ModelConfig.skeleton``); plain without one."""
+    if not skeleton:
+        return draw_detections
+    return functools.partial(draw_detections, skeleton=tuple(skeleton))
 
 
 def local_detect_fn(detector: Detector, options: DetectOptions = DEFAULT_OPTIONS) -> DetectFn:

@@ -17,11 +17,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from detector.draw import draw_detections
 from detector.inputs import VIDEO_SUFFIXES, find_videos  # noqa: F401  (find_videos: re-exported)
 from detector.video import (
     CODEC_SUFFIXES,
     DetectError,
     DetectFn,
+    DrawFn,
     FrameCallback,
     VideoOptions,
     VideoResult,
@@ -154,8 +156,10 @@ def process_video(
     detect_fn: DetectFn,
     options: VideoOptions | None = None,
     on_frame: FrameCallback | None = None,
+    draw_fn: DrawFn = draw_detections,
 ) -> VideoResult:
-    """Annotate one video file and write its JSON lines (see :mod:`detector.video`).
+    """Annotate one video file and write its JSON lines (see :mod:`detector.video`);
+    ``draw_fn`` draws each frame's detections (e.g. :func:`detector.video.skeleton_draw_fn`).
 
     Raises:
         FileNotFoundError, ValueError: the input cannot be read, or an output not written.
@@ -174,13 +178,18 @@ def process_video(
         name=str(job.source),
         total=info.frame_count if info.frame_count > 0 else None,
         on_frame=on_frame,
+        draw_fn=draw_fn,
     )
 
 
 def process_videos(
-    jobs: Sequence[VideoJob], detect_fn: DetectFn, options: VideoOptions | None = None
+    jobs: Sequence[VideoJob],
+    detect_fn: DetectFn,
+    options: VideoOptions | None = None,
+    draw_fn: DrawFn = draw_detections,
 ) -> Iterator[VideoResult]:
-    """Process videos one after another, yielding a result as each finishes.
+    """Process videos one after another (each as :func:`process_video`), yielding a result
+    as each finishes.
 
     A file that cannot be read (missing, corrupt, undecodable) or written, or a
     ``detect_fn`` that raises :class:`~detector.video.DetectError`, yields a result with
@@ -190,7 +199,7 @@ def process_videos(
     for job in jobs:
         start = time.perf_counter()
         try:
-            result = process_video(job, detect_fn, options)
+            result = process_video(job, detect_fn, options, draw_fn=draw_fn)
         except DetectError as exc:
             result = _failed(job, start, f"{job.source}: {exc}")
         except (FileNotFoundError, ValueError, OSError) as exc:

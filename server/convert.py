@@ -183,6 +183,7 @@ class ModelInfo:
     default_iou_threshold: float
     default_max_detections: int
     is_default: bool
+    skeleton: tuple[tuple[int, int], ...] = ()  # 0-based landmark index pairs, drawn as lines
 
 
 def model_info_to_proto(model: ServedModel, is_default: bool) -> pb.ModelInfo:
@@ -199,6 +200,7 @@ def model_info_to_proto(model: ServedModel, is_default: bool) -> pb.ModelInfo:
         default_iou_threshold=model.options.iou_threshold,
         default_max_detections=model.options.max_detections,
         is_default=is_default,
+        skeleton=[pb.SkeletonEdge(first=i, second=j) for i, j in config.skeleton],
     )
 
 
@@ -216,4 +218,5 @@ def model_info_from_proto(info: pb.ModelInfo) -> ModelInfo:
         default_iou_threshold=round(info.default_iou_threshold, FLOAT32_DIGITS),
         default_max_detections=info.default_max_detections,
         is_default=info.is_default,
+        skeleton=tuple((edge.first, edge.second) for edge in info.skeleton),
     )

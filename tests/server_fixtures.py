@@ -32,7 +32,11 @@ MODEL_CONFIGS = {
     "m": ModelConfig(num_classes=3, input_size=64),
     "pets": ModelConfig(num_classes=2, input_size=64, class_names=("cat", "dog")),
     "faces": ModelConfig(
-        num_classes=1, input_size=64, num_landmarks=2, landmark_names=("left_eye", "right_eye")
+        num_classes=1,
+        input_size=64,
+        num_landmarks=2,
+        landmark_names=("left_eye", "right_eye"),
+        skeleton=((0, 1),),
     ),
 }
 

@@ -112,6 +112,25 @@ def test_landmarks_are_drawn_unless_unlabelled():
     assert not changed[130, 100]
 
 
+def test_skeleton_joins_visible_points_with_a_line_in_the_class_colour():
+    image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    box = [[40, 60, 200, 180]]
+    points = np.array([[[60, 120, 1.0], [180, 120, 1.0], [120, 170, 0.0]]], np.float32)
+    joined = draw_detections(
+        image, _detections(box, [1], points), skeleton=[(0, 1), (1, 2)], thickness=3
+    )
+    plain = draw_detections(image, _detections(box, [1], points), thickness=3)
+    assert not _changed(plain, image)[120, 120], "no line without a skeleton"
+    assert tuple(joined[120, 120]) == class_colour(1), "the 0-1 line, in the class colour"
+    # (1, 2) ends at a hidden point: not drawn; nor is anything outside the lines and dots.
+    assert not _changed(joined, image)[145, 150]
+    np.testing.assert_array_equal(joined[:100], plain[:100])
+    nothing = draw_detections(image, _detections(box, [1]), skeleton=[(0, 1)])  # no points
+    np.testing.assert_array_equal(nothing, draw_detections(image, _detections(box, [1])))
+    with pytest.raises(ValueError, match=r"skeleton pair \(0, 3\) must be two landmark indices"):
+        draw_detections(image, _detections(box, [1], points), skeleton=[(0, 3)])
+
+
 def test_draw_rejects_bad_input():
     with pytest.raises(ValueError, match="uint8"):
         draw_detections(np.zeros((10, 10, 3), np.float32), _detections(np.zeros((0, 4)), []))
@@ -242,3 +261,23 @@ def test_preview_pair_shows_truth_left_predictions_right_and_says_no_detections(
     np.testing.assert_array_equal(
         pair[:, :width], preview_pair(image, sample, NAMES, found)[:, :width]
     )
+
+
+def test_preview_pair_draws_truth_and_predicted_landmarks_with_the_skeleton():
+    image = np.full((100, 160, 3), 90, np.uint8)
+    points = np.array([[[30, 50, 2], [50, 50, 2]]], np.float32)  # (1, K=2, 3)
+    sample = Sample(
+        "x.png", 160, 100, np.array([[20, 30, 60, 80]], np.float32), np.array([1]), points
+    )
+    found = _detections([[20, 30, 60, 80]], [1], points.copy(), size=(100, 160))
+    small, scale = fit_image(image, PREVIEW_CELL)
+    width = small.shape[1]
+    plain = preview_pair(image, sample, NAMES, found)
+    joined = preview_pair(image, sample, NAMES, found, skeleton=[(0, 1)])
+    middle = (CAPTION_HEIGHT + round(50 * scale), round(40 * scale))  # between the points
+    for offset in (0, width + PAIR_GAP):  # truth, then predictions
+        y, x = middle[0], middle[1] + offset
+        assert tuple(plain[y, x]) == (90, 90, 90), "no line without a skeleton"
+        assert tuple(joined[y, x]) != (90, 90, 90), "the 0-1 line"
+        dot = (CAPTION_HEIGHT + round(50 * scale), round(30 * scale) + offset)
+        assert tuple(plain[dot]) != (90, 90, 90), "the landmark dots are drawn on both halves"

@@ -16,6 +16,7 @@ from detector.data.faces import (
     FLIP_IDX,
     HIDDEN,
     KEYPOINT_NAMES,
+    SKELETON,
     VISIBLE,
     FaceConfig,
     face_free_textures,
@@ -189,10 +190,12 @@ def test_cli_writes_a_pose_dataset_that_converts_to_coco(tmp_path: Path, capsys)
     assert spec["kpt_shape"] == [5, 3]
     assert spec["flip_idx"] == [1, 0, 2, 4, 3]
     assert spec["kpt_names"] == list(KEYPOINT_NAMES)
+    assert spec["skeleton"] == [list(pair) for pair in SKELETON]
     assert spec["names"] == {0: "face"}
     assert "VIEWER" in (out / "data.yaml").read_text()
     info = load_dataset(str(out / "data.yaml"), "train")
     assert info.kpt_shape == (5, 3) and list(info.flip_idx) == list(FLIP_IDX)
+    assert info.kpt_names == list(KEYPOINT_NAMES) and info.skeleton == list(SKELETON)
     assert len(info.samples) == 4
 
     coco = tmp_path / "coco"
@@ -202,6 +205,8 @@ def test_cli_writes_a_pose_dataset_that_converts_to_coco(tmp_path: Path, capsys)
     data = json.loads((coco / "train.json").read_text())
     assert len(data["categories"][0]["keypoints"]) == 5
     assert data["categories"][0]["flip_idx"] == [1, 0, 2, 4, 3]
+    assert data["categories"][0]["keypoints"] == list(KEYPOINT_NAMES)
+    assert data["categories"][0]["skeleton"] == [[i + 1, j + 1] for i, j in SKELETON]
     back = load_dataset(str(coco / "train.json"), "train")
     faces = sum(len(s.boxes) for s in info.samples)
     assert faces == len(data["annotations"]) == sum(len(s.boxes) for s in back.samples)

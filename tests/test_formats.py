@@ -103,6 +103,42 @@ def test_yolo_keypoints_k3(pose_root: Path) -> None:
     np.testing.assert_allclose(sample.landmarks[0], [[30, 28, 2], [50, 28, 1], [0, 0, 0]])
 
 
+@pytest.mark.parametrize(
+    "names", [["a", "b", "c"], {0: ["a", "b", "c"]}, {1: ["x", "y", "z"], 0: ["a", "b", "c"]}]
+)
+def test_yolo_keypoint_names_as_a_list_or_per_class_and_a_skeleton(
+    pose_root: Path, names: object
+) -> None:
+    spec = yaml.safe_load((pose_root / "data.yaml").read_text())
+    spec |= {"kpt_names": names, "skeleton": [[0, 1], [1, 2]]}
+    (pose_root / "data.yaml").write_text(yaml.safe_dump(spec))
+    info = load_dataset(pose_root / "data.yaml")
+    assert info.kpt_names == ["a", "b", "c"] and info.skeleton == [(0, 1), (1, 2)]
+
+
+def test_yolo_without_names_or_skeleton_leaves_them_none(pose_root: Path) -> None:
+    info = load_dataset(pose_root / "data.yaml")
+    assert info.kpt_names is None and info.skeleton is None
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"kpt_names": ["a", "b"]}, "2 kpt_names for 3 keypoints"),
+        ({"kpt_names": "abc"}, "kpt_names must be a list"),
+        ({"skeleton": [[0, 3]]}, "skeleton pair [0, 3] must be two keypoint indices in [0, 2]"),
+        ({"skeleton": [[0, 1, 2]]}, "skeleton pair [0, 1, 2]"),
+        ({"skeleton": "0-1"}, "skeleton must be a list of [i, j] pairs"),
+    ],
+)
+def test_yolo_bad_keypoint_names_or_skeleton(pose_root: Path, change: dict, problem: str) -> None:
+    spec = yaml.safe_load((pose_root / "data.yaml").read_text()) | change
+    (pose_root / "data.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError) as excinfo:
+        load_dataset(pose_root / "data.yaml")
+    assert str(pose_root / "data.yaml") in str(excinfo.value) and problem in str(excinfo.value)
+
+
 def test_yolo_keypoints_k2_marks_origin_and_negative_points_unlabelled(pose_root: Path) -> None:
     (pose_root / "data.yaml").write_text("train: images/train\nkpt_shape: [3, 2]\nnames: [face]\n")
     label = pose_root / "labels" / "train" / "p.txt"
@@ -208,6 +244,26 @@ def test_coco_keypoints_and_flip_idx_from_names(tmp_path: Path) -> None:
     sample = info.samples[0]
     np.testing.assert_allclose(sample.boxes, [[10, 5, 40, 35]])
     np.testing.assert_allclose(sample.landmarks[0], [[20, 15, 2], [18, 12, 1], [0, 0, 0]])
+    assert info.kpt_names == ["nose", "left_eye", "right_eye"] and info.skeleton is None
+
+
+def test_coco_skeleton_is_one_based_and_read_zero_based(tmp_path: Path) -> None:
+    root = fixture("coco_pose", tmp_path, {"q.png": (50, 40)})
+    json_path = root / "person_keypoints_train.json"
+    data = json.loads(json_path.read_text())
+    data["categories"][0]["skeleton"] = [[1, 2], [1, 3]]
+    json_path.write_text(json.dumps(data))
+    info = load_dataset(json_path)
+    assert info.skeleton == [(0, 1), (0, 2)]
+    written = json.loads(write_coco(info, tmp_path / "out.json").read_text())
+    assert written["categories"][0]["skeleton"] == [[1, 2], [1, 3]]
+    assert written["categories"][0]["keypoints"] == ["nose", "left_eye", "right_eye"]
+    data["categories"][0]["skeleton"] = [[0, 1]]  # 0-based: index 0 does not exist in COCO
+    json_path.write_text(json.dumps(data))
+    with pytest.raises(
+        ValueError, match=r"skeleton pair \[0, 1\] must be two keypoint indices in \[1, 3\]"
+    ):
+        load_dataset(json_path)
 
 
 @pytest.mark.parametrize(
@@ -342,12 +398,14 @@ def make_pose_dataset(root: Path, rng: np.random.Generator) -> Path:
             label.write_text("\n".join(lines))
     config = {"train": "images/train", "val": "images/val", "names": ["a", "b", "c"]}
     config |= {"kpt_shape": [4, 3], "flip_idx": [1, 0, 3, 2]}
+    config |= {"kpt_names": ["la", "ra", "lb", "rb"], "skeleton": [[0, 1], [2, 3], [0, 2]]}
     (root / "data.yaml").write_text(yaml.safe_dump(config))
     return root / "data.yaml"
 
 
 def assert_same_samples(a: DatasetInfo, b: DatasetInfo) -> None:
     assert a.names == b.names and a.kpt_shape == b.kpt_shape and a.flip_idx == b.flip_idx
+    assert a.kpt_names == b.kpt_names and a.skeleton == b.skeleton
     assert len(a.samples) == len(b.samples)
     for x, y in zip(a.samples, b.samples, strict=True):
         assert (x.width, x.height) == (y.width, y.height)

@@ -166,7 +166,7 @@ def pose_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _write_pose_split(root, "val", VAL_IMAGES, rng)
     (root / "data.yaml").write_text(
         "train: images/train\nval: images/val\nnames: {0: bar}\n"
-        f"kpt_shape: [{K}, 3]\nflip_idx: [1, 0]\n"
+        f"kpt_shape: [{K}, 3]\nflip_idx: [1, 0]\nkpt_names: [west, east]\nskeleton: [[0, 1]]\n"
     )
     return root / "data.yaml"
 
@@ -194,6 +194,8 @@ def test_train_a_landmark_model_through_the_cli(
     checkpoint = Checkpoint.load(out / "best.safetensors")
     assert checkpoint.config.num_landmarks == K
     assert checkpoint.config.flip_idx == (1, 0)
+    assert checkpoint.config.landmark_names == ("west", "east")
+    assert checkpoint.config.skeleton == ((0, 1),)
     header, row = ((out / "results.csv").read_text().splitlines()[i].split(",") for i in (0, 1))
     lmk = float(row[header.index("lmk")])
     assert math.isfinite(lmk) and lmk > 0
@@ -205,3 +207,53 @@ def test_train_a_landmark_model_through_the_cli(
     assert detections.landmarks is not None
     assert detections.landmarks.shape == (len(detections), K, 3)
     assert np.isfinite(detections.landmarks).all()
+
+
+# --- names and skeleton: from the data into the model config ------------------------------
+
+
+def test_model_config_skeleton_is_checked_and_old_configs_load() -> None:
+    config = ModelConfig(
+        1, num_landmarks=3, landmark_names=("a", "b", "c"), skeleton=((0, 1), (1, 2))
+    )
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    old = config.to_dict()
+    del old["skeleton"]  # written before the field existed
+    assert ModelConfig.from_dict(old).skeleton == ()
+    with pytest.raises(ValueError, match=r"skeleton pair \(0, 3\) must be two landmark indices"):
+        ModelConfig(1, num_landmarks=3, skeleton=((0, 3),))
+    with pytest.raises(ValueError, match="skeleton pair"):
+        ModelConfig(1, skeleton=((0, 1),))  # no landmarks at all
+    with pytest.raises(ValueError, match="2 landmark names for 3 landmarks"):
+        ModelConfig(1, num_landmarks=3, landmark_names=("a", "b"))
+
+
+def test_init_takes_the_datasets_landmark_names_and_skeleton(
+    pose_yaml: Path, tmp_path: Path
+) -> None:
+    """``--init`` from a model without names: the new model records the data's; a model
+    with another K is refused before any weight is loaded."""
+    from detector.data.formats import load_dataset
+    from detector.models.yolo import YOLODetector
+    from detector.train import TrainOptions, _start_from
+
+    info = load_dataset(pose_yaml, "train")
+    unnamed = ModelConfig(
+        1, input_size=SIZE, anchors=ANCHORS, num_landmarks=K, class_names=("bar",)
+    )
+    path = Checkpoint(unnamed, "grid", YOLODetector(unnamed).state_dict()).save(
+        tmp_path / "init.safetensors"
+    )
+    config, resume, init = _start_from(TrainOptions(str(pose_yaml), init=str(path)), info, print)
+    assert resume is None and init is not None
+    assert config.landmark_names == ("west", "east") and config.skeleton == ((0, 1),)
+    assert config.flip_idx == (1, 0) and config.anchors == ANCHORS
+
+    other_k = ModelConfig(
+        1, input_size=SIZE, anchors=ANCHORS, num_landmarks=3, class_names=("bar",)
+    )
+    path = Checkpoint(other_k, "grid", YOLODetector(other_k).state_dict()).save(
+        tmp_path / "k3.safetensors"
+    )
+    with pytest.raises(ValueError, match="its 3 landmarks differ from the dataset's 2"):
+        _start_from(TrainOptions(str(pose_yaml), init=str(path)), info, print)

@@ -65,6 +65,14 @@ def detector(model_path) -> Detector:
     return Detector.load(model_path, device="cpu")
 
 
+@pytest.fixture(scope="module")
+def landmark_detector(tmp_path_factory) -> Detector:
+    """The random model's twin with ``LANDMARKS`` points per detection."""
+    folder = tmp_path_factory.mktemp("landmark_model")
+    path = random_checkpoint(num_landmarks=LANDMARKS).save(folder / "faces.safetensors")
+    return Detector.load(path, device="cpu")
+
+
 def noise(shape: tuple[int, int, int], seed: int) -> np.ndarray:
     """An ``(H, W, C)`` uint8 image of random 4x4-pixel blocks, so the network sees structure."""
     rng = np.random.default_rng(seed)
@@ -129,15 +137,19 @@ def test_boxes_lie_in_their_image_and_scores_decrease(detector):
         assert (det.scores > LOW_SCORE).all()
 
 
+@pytest.mark.parametrize("landmarks", [False, True])
 @pytest.mark.parametrize("orientation", ["landscape", "portrait"])
-def test_padded_and_scaled_copies_map_to_consistent_boxes(detector, orientation, monkeypatch):
+def test_padded_and_scaled_copies_map_to_consistent_boxes(
+    request, orientation, landmarks, monkeypatch
+):
     """Three images the square letterbox turns into the same network input.
 
     ``small`` (32x64 or 64x32) is padded by the letterbox; ``square`` is ``small``
     already padded with the letterbox grey; ``double`` is ``small`` at twice the size
-    (the area-average shrink gives ``small`` back exactly). Their boxes must agree
-    through the known offset and scale.
+    (the area-average shrink gives ``small`` back exactly). Their boxes, and a landmark
+    model's points (never clipped), must agree through the known offset and scale.
     """
+    detector = request.getfixturevalue("landmark_detector" if landmarks else "detector")
     monkeypatch.setattr(detector, "pad_to_square", True)
     long_side, short_side = INPUT, INPUT // 2
     shape = (short_side, long_side) if orientation == "landscape" else (long_side, short_side)
@@ -161,6 +173,41 @@ def test_padded_and_scaled_copies_map_to_consistent_boxes(detector, orientation,
     np.testing.assert_allclose(det_double.boxes, det_small.boxes * 2, atol=1e-3)
     np.testing.assert_allclose(det_double.scores, det_small.scores, atol=1e-5)
     assert det_double.image_size == (shape[0] * 2, shape[1] * 2)
+    if landmarks:
+        points = det_small.landmarks[..., :2]
+        shifted_points = det_square.landmarks[..., :2] - np.array([pad_x, pad_y], np.float32)
+        np.testing.assert_allclose(shifted_points, points, atol=1e-3)
+        np.testing.assert_allclose(det_double.landmarks[..., :2], points * 2, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(30, 64), (64, 30), (50, 130), (130, 50), (64, 64)])
+def test_landmarks_map_back_to_original_pixels_exactly(landmark_detector, shape):
+    """Known points placed into the letterboxed input by the image's own map come back
+    out of ``postprocess`` at their original pixels, whatever the padding and scale."""
+    from detector.postprocess import Candidates
+
+    height, width = shape
+    _, lb = landmark_detector.preprocess(noise((height, width, 3), 1))
+    corners = [(0.0, 0.0), (width, 0.0), (0.0, height), (width, height)]
+    original = np.array([*corners, (width / 3, height * 0.7)], np.float32)  # (K, 2)
+    box = np.array([1.0, 2.0, width - 3.0, height - 1.0], np.float32)
+    scale = np.array([lb.scale_x, lb.scale_y], np.float32)
+    pad = np.array([lb.pad_x, lb.pad_y], np.float32)
+    in_input = original * scale + pad
+    box_in = (box.reshape(2, 2) * scale + pad).reshape(4)
+    candidates = Candidates(
+        boxes=torch.from_numpy(box_in)[None, None],  # (B=1, P=1, 4)
+        scores=torch.ones(1, 1),
+        class_ids=torch.tensor([[1]]),  # (1, 1): one "dog"
+        landmarks=torch.from_numpy(in_input)[None, None],  # (1, 1, K, 2)
+    )
+    (det,) = landmark_detector.postprocess(candidates, [lb], DetectOptions(score_threshold=0.5))
+    assert det.labels == ["dog"] and det.image_size == shape
+    np.testing.assert_allclose(det.boxes[0], box, atol=1e-4)
+    np.testing.assert_allclose(det.landmarks[0, :, :2], original, atol=1e-4)
+    assert det.to_dict()["detections"][0]["landmarks"] == [
+        [round(float(x), 2), round(float(y), 2)] for x, y in original
+    ]
 
 
 @pytest.mark.parametrize("orientation", ["landscape", "portrait"])

@@ -103,6 +103,7 @@ def test_client_detect_batch_stream_and_models(repository, reference, model_dir)
     assert [m.is_default for m in models] == [m.name == "m" for m in models]
     faces = next(m for m in models if m.name == "faces")
     assert faces.num_landmarks == 2 and faces.landmark_names == ("left_eye", "right_eye")
+    assert faces.skeleton == ((0, 1),) and pets.skeleton == ()
 
 
 def test_landmarks_travel_with_their_detections(repository, reference):
@@ -223,7 +224,8 @@ def test_cli_client_detect_and_models(repository, reference, tmp_path, capsys):
     assert [line["image"] for line in lines] == [str(p) for p in paths]
     for line, image in zip(lines, images, strict=True):
         assert line == {"image": line["image"], **want(reference["m"], image).to_dict()}
-    assert "pets: grid, input 64, 2 classes ['cat', 'dog']" in after.out
+    assert "pets: grid, input 64, 2 classes ['cat', 'dog'], 0 landmarks, sha256" in after.out
+    assert "2 landmarks ['left_eye', 'right_eye'] skeleton [[0, 1]]" in after.out
     assert "NOT_FOUND" in after.err and "'nope'" in after.err
 
 

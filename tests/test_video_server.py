@@ -171,3 +171,25 @@ def test_server_options_are_checked(clip, tmp_path):
     assert main([*argv, "--model", "m"]) == 2  # --model without --server
     assert main([*argv, "--server", f"{HOST}:1", "--timeout", "0"]) == 2
     assert main([*argv, "--server", f"{HOST}:1", "--conf", "2"]) == 2
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_frames_are_drawn_with_the_models_skeleton(
+    remote, clip, address, model_dir, tmp_path, monkeypatch
+):
+    """The local model's ``ModelConfig.skeleton``, or the served model's from ListModels,
+    reaches the function that draws the frames."""
+    drawn_with = []
+
+    def fake_run_jobs(jobs, detect_fn, options, failed=0, draw_fn=None):
+        drawn_with.append(draw_fn)
+        return 0
+
+    monkeypatch.setattr(video_command, "run_jobs", fake_run_jobs)
+    argv = ["video", str(clip), "-o", str(tmp_path / "out.mp4"), "--quiet"]
+    for model, skeleton in (("faces", ((0, 1),)), ("pets", None)):
+        where = ["--server", address, "--model", model] if remote else []
+        weights = [] if remote else ["--weights", str(model_dir / f"{model}.safetensors")]
+        assert main([*argv, *where, *weights]) == 0
+        draw_fn = drawn_with.pop()
+        assert getattr(draw_fn, "keywords", {}).get("skeleton") == skeleton

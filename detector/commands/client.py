@@ -10,6 +10,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from server.convert import ModelInfo
 
 DEFAULT_SERVER = "localhost:50051"
 DEFAULT_TIMEOUT_S = 30.0
@@ -31,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Send image files (sent as their encoded bytes) in one DetectBatch "
         "call and print one JSON line per image: its path, image_size [height, width] and "
         "detections (box [x_min, y_min, x_max, y_max] in the image's pixels, score, "
-        "class_id, label).",
+        "class_id, label, and landmarks [[x, y], ...] when the model has them).",
     )
     _add_server_arguments(detect)
     detect.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
@@ -159,8 +163,18 @@ def run_models(args: argparse.Namespace) -> int:
         default = " (default)" if m.is_default else ""
         print(
             f"{m.name}{default}: {m.kind}, input {m.input_size}, {len(m.class_names)} classes "
-            f"{list(m.class_names)}, {m.num_landmarks} landmarks, "
+            f"{list(m.class_names)}, {_landmarks_text(m)}, "
             f"sha256 {m.sha256[:HASH_SHOWN] or '-'}, score >= {m.default_score_threshold:g}, "
             f"iou {m.default_iou_threshold:g}, max {m.default_max_detections}"
         )
     return 0
+
+
+def _landmarks_text(model: ModelInfo) -> str:
+    """``"0 landmarks"``, or ``"5 landmarks [names] skeleton [[0, 1], ...]"``."""
+    text = f"{model.num_landmarks} landmarks"
+    if model.landmark_names:
+        text += f" {list(model.landmark_names)}"
+    if model.skeleton:
+        text += f" skeleton {[list(pair) for pair in model.skeleton]}"
+    return text

@@ -219,7 +219,7 @@ def keypoint_result(
         predictions,
         num_classes=len(info.names),
         sigmas=sigmas,
-        keypoint_names=names or list(model_landmark_names) or None,
+        keypoint_names=names or info.kpt_names or list(model_landmark_names) or None,
     )
 
 
@@ -242,7 +242,8 @@ def run(args: argparse.Namespace) -> int:
     detector = Detector.load(weights, args.device)
     config = detector.config
     print(
-        f"model: {detector.name} ({detector.kind}, size {config.size}, input {config.input_size}, "
+        f"model: {detector.name} ({detector.kind}, size {getattr(config, 'size', '-')}, "
+        f"input {config.input_size}, "
         f"{len(detector.names)} classes) on {detector.device}"
     )
     info = load_dataset(args.data, args.split, strict=args.strict)

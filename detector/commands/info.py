@@ -137,7 +137,8 @@ def _landmarks_line(config: ModelConfig) -> str:
         return "landmarks: none"
     names = ", ".join(config.landmark_names) if config.landmark_names else "unnamed"
     flip = f", flip_idx {list(config.flip_idx)}" if config.flip_idx else ""
-    return f"landmarks: {config.num_landmarks} ({names}){flip}"
+    skeleton = f", skeleton {[list(p) for p in config.skeleton]}" if config.skeleton else ""
+    return f"landmarks: {config.num_landmarks} ({names}){flip}{skeleton}"
 
 
 def _compute_lines(checkpoint: Checkpoint, imgsz: int | None) -> list[str]:

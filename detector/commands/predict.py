@@ -46,9 +46,10 @@ The JSON lines go to standard output unless --json FILE is given, so that they c
 piped; progress and errors go to standard error.
 
 IMAGES are image files, directories (their .jpg/.png/... files, not recursive) and glob
-patterns (quote them; ** recurses). Annotated copies (boxes, labels, scores, landmarks)
-are written to --save-dir under the input's file name; existing files are replaced, and
-a second input with a name already used gets a numbered name (a_2.jpg).
+patterns (quote them; ** recurses). Annotated copies (boxes, labels, scores, landmarks
+joined by the model's skeleton) are written to --save-dir under the input's file name;
+existing files are replaced, and a second input with a name already used gets a numbered
+name (a_2.jpg).
 
 A file that cannot be read or decoded is reported on standard error and skipped.
 
@@ -272,7 +273,8 @@ def _predict_batch(
     for (source, target), image, det in zip(items, images, results, strict=True):
         if target is not None:
             try:
-                write_image(target, draw_detections(image, det))
+                drawn = draw_detections(image, det, skeleton=detector.config.skeleton)
+                write_image(target, drawn)
             except (OSError, ValueError) as exc:
                 write_message(f"error: {target}: cannot write the annotated image: {exc}")
                 target = None

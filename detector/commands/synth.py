@@ -30,7 +30,7 @@ textures, photos, noise and gradients; some cut by the border, some overlapping:
 
   DIR/images/{train,val}/NNNNNN.png   square IMGSZ x IMGSZ RGB images
   DIR/labels/{train,val}/NNNNNN.txt   'class cx cy w h' + 5 x 'x y v' per face, normalised
-  DIR/data.yaml                       names, kpt_shape [5, 3], flip_idx, kpt_names
+  DIR/data.yaml                       names, kpt_shape [5, 3], flip_idx, kpt_names, skeleton
 
 Landmarks: left eye, right eye, nose tip, left mouth corner, right mouth corner, where
 left/right are the VIEWER's (the image-left eye of an upright frontal face is 'left_eye').

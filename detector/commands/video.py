@@ -24,9 +24,10 @@ if TYPE_CHECKING:
     import numpy as np
 
     from detector.settings import Detections
-    from detector.video import DetectFn, VideoOptions
+    from detector.video import DetectFn, DrawFn, VideoOptions
     from detector.video_jobs import VideoJob
     from server.client import DetectorClient
+    from server.convert import ModelInfo
 
 # The library's defaults (detector.video.VideoOptions, CODEC_SUFFIXES), repeated here so
 # that --help does not import OpenCV; tests check they agree.
@@ -47,7 +48,9 @@ frame, in order:
    "image_size": [h, w], "detections": [{"box": [x1, y1, x2, y2], "score": 0.91,
    "class_id": 3, "label": "3"}, ...]}
 
-Boxes are xyxy pixels of the frame; timestamp is index / fps in seconds.
+Boxes are xyxy pixels of the frame; timestamp is index / fps in seconds. With a
+landmark model each detection also has "landmarks": [[x, y], ...] (its K points, frame
+pixels), drawn on the video joined by the model's skeleton.
 
 INPUTS are video files, directories (their .mp4/.avi/.mov/.mkv/... files, not
 recursive) and glob patterns (quote them; ** recurses). A file that cannot be read is
@@ -169,18 +172,22 @@ def server_address(text: str) -> str:
 
 
 @contextlib.contextmanager
-def open_detect_fn(args: argparse.Namespace) -> Iterator[tuple[DetectFn, str]]:
-    """The batch detector the videos go through, and a name for it: a local model, or
-    the model of ``--server`` (whose connection is closed on exit).
+def open_detect_fn(args: argparse.Namespace) -> Iterator[tuple[DetectFn, str, DrawFn]]:
+    """The batch detector the videos go through, a name for it, and how frames are drawn
+    (with the model's landmark skeleton): a local model, or the model of ``--server``
+    (whose connection is closed on exit).
 
     Raises:
         ValueError: bad options.
         DetectError: the server cannot be reached or does not serve ``--model``.
     """
+    from detector.video import skeleton_draw_fn
+
     if args.server is None:
         if args.model is not None:
             raise ValueError("--model names a served model and needs --server; use --weights")
-        yield build_detect_fn(args)
+        detect_fn, name, skeleton = build_detect_fn(args)
+        yield detect_fn, name, skeleton_draw_fn(skeleton)
         return
     from server.client import DetectorClient
 
@@ -190,12 +197,16 @@ def open_detect_fn(args: argparse.Namespace) -> Iterator[tuple[DetectFn, str]]:
     connection = connection_options(args)
     with DetectorClient(args.server, timeout=args.timeout, **connection) as client:
         detect_fn = remote_detect_fn(client, model, detect_options(args), timeout=args.timeout)
-        name = served_model(client, model)
-        yield detect_fn, f"model {name} on server {args.server}"
+        info = served_model_info(client, model)
+        draw_fn = skeleton_draw_fn(info.skeleton)
+        yield detect_fn, f"model {info.name} on server {args.server}", draw_fn
 
 
-def build_detect_fn(args: argparse.Namespace) -> tuple[DetectFn, str]:
-    """The batch detector the videos go through, and a name for it: a local model."""
+def build_detect_fn(
+    args: argparse.Namespace,
+) -> tuple[DetectFn, str, tuple[tuple[int, int], ...]]:
+    """The batch detector the videos go through, a name for it, and the model's landmark
+    skeleton: a local model."""
     import torch
 
     from detector.predict import Detector
@@ -209,7 +220,7 @@ def build_detect_fn(args: argparse.Namespace) -> tuple[DetectFn, str]:
     if detector.device.type == "cpu":
         torch.set_num_threads(args.threads or model_threads())
         where = f"cpu ({torch.get_num_threads()} threads)"
-    return detect_fn, f"model {detector.name} on {where}"
+    return detect_fn, f"model {detector.name} on {where}", detector.config.skeleton
 
 
 def served_model(client: DetectorClient, model: str = "") -> str:
@@ -219,6 +230,12 @@ def served_model(client: DetectorClient, model: str = "") -> str:
     Raises:
         DetectError: no server answers, or it does not serve ``model``.
     """
+    return served_model_info(client, model).name
+
+
+def served_model_info(client: DetectorClient, model: str = "") -> ModelInfo:
+    """As :func:`served_model`, but what ``ListModels`` says of the model (its name,
+    classes, landmark names and skeleton...)."""
     from detector.video import DetectError
     from server.client import RemoteError
 
@@ -232,7 +249,7 @@ def served_model(client: DetectorClient, model: str = "") -> str:
     if name not in names:
         missing = f"no model {model!r}" if model else "no default model"
         raise DetectError(f"server {client.address} has {missing}; it serves {names}")
-    return name
+    return models[names.index(name)]
 
 
 def remote_detect_fn(
@@ -293,24 +310,28 @@ def run(args: argparse.Namespace) -> int:
     )
     jobs = plan_jobs(sources, args.output, args.jsonl, args.codec)
     try:
-        with open_detect_fn(args) as (detect_fn, backend):
+        with open_detect_fn(args) as (detect_fn, backend, draw_fn):
             print(f"{len(jobs)} video(s) through {backend}", file=sys.stderr)
-            return run_jobs(jobs, detect_fn, options, failed=len(problems))
+            return run_jobs(jobs, detect_fn, options, failed=len(problems), draw_fn=draw_fn)
     except DetectError as err:  # the detector could not be set up: no input ran
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILURE
 
 
 def run_jobs(
-    jobs: list[VideoJob], detect_fn: DetectFn, options: VideoOptions, failed: int = 0
+    jobs: list[VideoJob],
+    detect_fn: DetectFn,
+    options: VideoOptions,
+    failed: int = 0,
+    draw_fn: DrawFn | None = None,
 ) -> int:
     """Process the jobs, reporting each; returns the exit code. ``failed``: inputs that
-    already failed."""
-    from detector.video import VideoInterrupted
+    already failed; ``draw_fn``: how frames are drawn (default: boxes and points)."""
+    from detector.video import VideoInterrupted, skeleton_draw_fn
     from detector.video_jobs import process_videos
 
     try:
-        for result in process_videos(jobs, detect_fn, options):
+        for result in process_videos(jobs, detect_fn, options, draw_fn or skeleton_draw_fn()):
             if result.error is not None:
                 print(f"error: {result.error}", file=sys.stderr)
                 failed += 1

@@ -54,6 +54,8 @@ KEYPOINT_NAMES: tuple[str, ...] = (
     "left_eye", "right_eye", "nose_tip", "left_mouth_corner", "right_mouth_corner",
 )  # fmt: skip
 FLIP_IDX: tuple[int, ...] = (1, 0, 2, 4, 3)
+# Lines drawn between the points: eye-eye, eyes-nose, nose-mouth corners, corner-corner.
+SKELETON: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2), (2, 3), (2, 4), (3, 4))
 VISIBLE, HIDDEN = 2.0, 0.0  # keypoint visibility values written
 SKIN_TONES = (  # RGB, light to dark
     (255, 224, 196), (241, 194, 160), (224, 172, 130), (198, 134, 96),
@@ -452,7 +454,7 @@ def generate_faces_dataset(
     """Write an Ultralytics pose dataset of synthetic faces (``kpt_shape: [5, 3]``).
 
     Layout as :func:`detector.data.synthetic.generate_yolo_dataset`; ``data.yaml`` adds
-    ``kpt_shape``, ``flip_idx`` and ``kpt_names``. Image ``i`` of a split depends only on
+    ``kpt_shape``, ``flip_idx``, ``kpt_names`` and ``skeleton``. Image ``i`` of a split depends only on
     ``(seed, split, i)``: the same seed gives byte-identical files.
     """
     from tqdm import tqdm
@@ -505,6 +507,7 @@ def generate_faces_dataset(
         "kpt_shape": [len(KEYPOINT_NAMES), 3],
         "flip_idx": list(FLIP_IDX),
         "kpt_names": list(KEYPOINT_NAMES),
+        "skeleton": [list(pair) for pair in SKELETON],
     }
     header = DATA_YAML_HEADER.format(seed=seed, imgsz=imgsz, train=n_train, val=n_val)
     data_yaml = out / "data.yaml"

@@ -4,7 +4,8 @@
 - ``keypoints`` is ``[x, y, v] * K`` in pixels, ``v`` in ``{0, 1, 2}``; K comes from the
   categories' ``keypoints`` name lists (all equal in length). ``flip_idx`` comes from a
   category's ``flip_idx`` (written by :func:`write_coco`) or else from keypoint names that
-  differ only by left/right.
+  differ only by left/right. The names themselves become ``kpt_names``, and the category's
+  ``skeleton`` (1-based keypoint index pairs, as in COCO) a 0-based ``skeleton``.
 - Categories map to contiguous class ids ``0..C-1`` in sorted category-id order, names kept;
   or, with ``names`` given, to the index of their name in it.
 - ``iscrowd`` annotations are skipped (their regions then look like background) and counted
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,8 @@ from detector.data.formats_common import (
     boxes_from_xyxy,
     boxes_to_xyxy,
     check_flip_idx,
+    check_kpt_names,
+    check_skeleton,
     check_visibility,
     flip_idx_from_names,
     image_size,
@@ -68,10 +72,23 @@ def _load_json(json_path: Path) -> dict:
     return data
 
 
+COCO_SKELETON_BASE = 1  # COCO skeletons count keypoints from 1
+
+
+@dataclass(frozen=True)
+class _Keypoints:
+    """The keypoint layout the categories describe."""
+
+    count: int  # K, 0 without keypoints
+    flip_idx: list[int] | None
+    names: list[str] | None
+    skeleton: list[tuple[int, int]] | None  # 0-based
+
+
 def _category_map(
     categories: list[dict], names: list[str] | None, json_path: Path
-) -> tuple[dict[int, int], list[str], int, list[int] | None]:
-    """category id -> class id, class names, K (0 without keypoints), flip_idx."""
+) -> tuple[dict[int, int], list[str], _Keypoints]:
+    """category id -> class id, class names, and the keypoint layout."""
     for category in categories:
         if not isinstance(category.get("id"), int) or "name" not in category:
             raise ValueError(f"{json_path}: category {category} needs an integer 'id' and a 'name'")
@@ -90,14 +107,19 @@ def _category_map(
     if len(counts) > 1:
         raise ValueError(f"{json_path}: categories have different keypoint counts {sorted(counts)}")
     num_kpts = counts.pop() if counts else 0
-    flip_idx = None
-    if with_kpts:
-        given = next((c["flip_idx"] for c in with_kpts if c.get("flip_idx") is not None), None)
-        if given is not None:
-            flip_idx = check_flip_idx(given, num_kpts, json_path)
-        else:
-            flip_idx = flip_idx_from_names([str(n) for n in with_kpts[0]["keypoints"]])
-    return mapping, class_names, num_kpts, flip_idx
+    if not with_kpts:
+        return mapping, class_names, _Keypoints(0, None, None, None)
+    kpt_names = check_kpt_names(list(with_kpts[0]["keypoints"]), num_kpts, json_path)
+    given = next((c["flip_idx"] for c in with_kpts if c.get("flip_idx") is not None), None)
+    if given is not None:
+        flip_idx = check_flip_idx(given, num_kpts, json_path)
+    else:
+        flip_idx = flip_idx_from_names(kpt_names)
+    edges = next((c["skeleton"] for c in with_kpts if c.get("skeleton")), None)
+    skeleton = None
+    if edges is not None:
+        skeleton = check_skeleton(edges, num_kpts, json_path, base=COCO_SKELETON_BASE)
+    return mapping, class_names, _Keypoints(num_kpts, flip_idx, kpt_names, skeleton)
 
 
 def _find_images_dir(json_path: Path, file_names: list[str]) -> Path:
@@ -181,7 +203,8 @@ def read_coco(
     """
     json_path = Path(json_path)
     data = _load_json(json_path)
-    mapping, class_names, num_kpts, flip_idx = _category_map(data["categories"], names, json_path)
+    mapping, class_names, keypoints = _category_map(data["categories"], names, json_path)
+    num_kpts = keypoints.count
     images = data["images"]
     folder = Path(images_dir) if images_dir is not None else None
     if folder is None:
@@ -211,7 +234,15 @@ def read_coco(
     if crowd:
         skipped.append(f"{json_path}: {crowd} iscrowd annotations skipped")
     kpt_shape = (num_kpts, KPT_DIMS) if num_kpts else None
-    return DatasetInfo(class_names, samples, kpt_shape, flip_idx if num_kpts else None, skipped)
+    return DatasetInfo(
+        class_names,
+        samples,
+        kpt_shape,
+        keypoints.flip_idx,
+        skipped,
+        kpt_names=keypoints.names,
+        skeleton=keypoints.skeleton,
+    )
 
 
 def _image_sample(
@@ -238,8 +269,9 @@ def write_coco(info: DatasetInfo, json_path: Path) -> Path:
     """Write one split as a COCO json referencing the images where they are.
 
     ``file_name`` is each image's path relative to the json's folder. Category ids are
-    ``class id + 1``; with keypoints, categories carry ``keypoints`` names ``kp0..`` and, if
-    known, a ``flip_idx`` list (an extension :func:`read_coco` reads back).
+    ``class id + 1``; with keypoints, categories carry the ``keypoints`` names (``kp0..``
+    when the dataset has none), the ``skeleton`` (1-based, as in COCO; empty when none) and,
+    if known, a ``flip_idx`` list (an extension :func:`read_coco` reads back).
 
     Returns:
         ``json_path``.
@@ -251,8 +283,12 @@ def write_coco(info: DatasetInfo, json_path: Path) -> Path:
     for i, name in enumerate(info.names):
         category: dict = {"id": i + ID_START, "name": name, "supercategory": ""}
         if info.kpt_shape is not None:
-            category["keypoints"] = [f"kp{k}" for k in range(info.kpt_shape[0])]
-            category["skeleton"] = []
+            num_kpts = info.kpt_shape[0]
+            category["keypoints"] = list(info.kpt_names or (f"kp{k}" for k in range(num_kpts)))
+            category["skeleton"] = [
+                [int(i) + COCO_SKELETON_BASE, int(j) + COCO_SKELETON_BASE]
+                for i, j in info.skeleton or ()
+            ]
             if info.flip_idx is not None:
                 category["flip_idx"] = list(info.flip_idx)
         categories.append(category)

@@ -160,6 +160,54 @@ def check_flip_idx(flip_idx: Sequence[int] | None, num_kpts: int, source: Path |
     return values
 
 
+def check_kpt_names(names: object, num_kpts: int, source: Path | str) -> list[str]:
+    """Validate K landmark names: a list, or Ultralytics' per-class ``{class_id: [names]}``
+    (the lowest class id's list is taken: every class shares one K here).
+
+    Raises:
+        ValueError: naming ``source``, when it is neither or does not hold K names.
+    """
+    if isinstance(names, dict) and names:
+        try:
+            names = names[min(names, key=int)]
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: kpt_names keys must be class ids") from None
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str | int) for n in names):
+        raise ValueError(
+            f"{source}: kpt_names must be a list of names or {{class_id: [names]}}, got {names!r}"
+        )
+    if len(names) != num_kpts:
+        raise ValueError(f"{source}: {len(names)} kpt_names for {num_kpts} keypoints")
+    return [str(n) for n in names]
+
+
+def check_skeleton(
+    pairs: object, num_kpts: int, source: Path | str, base: int = 0
+) -> list[tuple[int, int]]:
+    """Validate a skeleton, ``[[i, j], ...]`` of keypoint indices counted from ``base``
+    (0 in YOLO data.yaml, 1 in COCO), and return it 0-based as ``[(i, j), ...]``.
+
+    Raises:
+        ValueError: naming ``source``, when a pair is not two indices in
+            ``[base, base + K)``.
+    """
+    if not isinstance(pairs, list | tuple):
+        raise ValueError(f"{source}: skeleton must be a list of [i, j] pairs, got {pairs!r}")
+    edges = []
+    for pair in pairs:
+        if (
+            not isinstance(pair, list | tuple)
+            or len(pair) != 2
+            or not all(isinstance(v, int) and base <= v < base + num_kpts for v in pair)
+        ):
+            raise ValueError(
+                f"{source}: skeleton pair {pair!r} must be two keypoint indices in "
+                f"[{base}, {base + num_kpts - 1}]"
+            )
+        edges.append((pair[0] - base, pair[1] - base))
+    return edges
+
+
 def flip_idx_from_names(kpt_names: Sequence[str]) -> list[int] | None:
     """Pair keypoint names that differ only by left/right (``"left_eye"`` <-> ``"right_eye"``).
 

@@ -7,7 +7,10 @@
   folder of images (searched recursively), a ``.txt`` list of image paths (relative lines are
   relative to the list's folder), a single image, or a list of those.
 - ``names``: a list, or a ``{id: name}`` mapping with ids ``0..C-1``; optional ``nc`` must agree.
-- ``kpt_shape: [K, 2 or 3]`` and optional ``flip_idx`` (a permutation of ``0..K-1``) for keypoints.
+- ``kpt_shape: [K, 2 or 3]`` and optional ``flip_idx`` (a permutation of ``0..K-1``) for keypoints;
+  optional ``kpt_names`` (K names, or Ultralytics' per-class ``{class_id: [names]}``, the
+  lowest class id's taken) and ``skeleton`` (``[[i, j], ...]``, 0-based keypoint indices
+  joined by a line when drawn).
 
 The label file of ``.../images/.../a.jpg`` is ``.../labels/.../a.txt`` (the last ``images``
 path component replaced); an image with no ``images`` component has its label beside it. A
@@ -39,6 +42,8 @@ from detector.data.formats_common import (
     boxes_from_xyxy,
     boxes_to_xyxy,
     check_flip_idx,
+    check_kpt_names,
+    check_skeleton,
     check_visibility,
     image_size,
     list_images,
@@ -66,6 +71,8 @@ class YoloData:
     names: list[str]  # class names, index = class id
     kpt_shape: tuple[int, int] | None  # (K, 2 or 3) as written, None without keypoints
     flip_idx: list[int] | None  # keypoint permutation for a horizontal flip
+    kpt_names: list[str] | None = None  # the K keypoint names, when given
+    skeleton: list[tuple[int, int]] | None = None  # 0-based keypoint pairs, when given
 
 
 def read_data_yaml(yaml_path: Path) -> YoloData:
@@ -97,6 +104,7 @@ def read_data_yaml(yaml_path: Path) -> YoloData:
             raise ValueError(f"{yaml_path}: split {key!r} must be a path or a list of paths")
         splits[key] = [p if p.is_absolute() else root / p for p in map(Path, entries)]
     kpt_shape, flip_idx = _keypoint_settings(raw, yaml_path)
+    kpt_names, skeleton = _keypoint_names(raw, kpt_shape, yaml_path)
     return YoloData(
         yaml_path=yaml_path,
         root=root,
@@ -104,6 +112,8 @@ def read_data_yaml(yaml_path: Path) -> YoloData:
         names=_parse_names(raw.get("names"), raw.get("nc"), yaml_path),
         kpt_shape=kpt_shape,
         flip_idx=flip_idx,
+        kpt_names=kpt_names,
+        skeleton=skeleton,
     )
 
 
@@ -151,6 +161,21 @@ def _keypoint_settings(
     flip = raw.get("flip_idx")
     flip_idx = check_flip_idx(flip, num_kpts, yaml_path) if flip is not None else None
     return (num_kpts, dims), flip_idx
+
+
+def _keypoint_names(
+    raw: dict, kpt_shape: tuple[int, int] | None, yaml_path: Path
+) -> tuple[list[str] | None, list[tuple[int, int]] | None]:
+    """``kpt_names`` and ``skeleton`` of a yaml, checked against K; ``None`` when absent
+    (and both ignored without ``kpt_shape``: a pose dataset read for its boxes)."""
+    names, skeleton = raw.get("kpt_names"), raw.get("skeleton")
+    if kpt_shape is None:
+        return None, None
+    num_kpts = kpt_shape[0]
+    return (
+        check_kpt_names(names, num_kpts, yaml_path) if names is not None else None,
+        check_skeleton(skeleton, num_kpts, yaml_path) if skeleton is not None else None,
+    )
 
 
 def split_images(data: YoloData, split: str) -> list[Path]:
@@ -309,7 +334,15 @@ def read_yolo(
         except LabelError as err:
             report(err, strict, skipped)
     kpt_shape = (data.kpt_shape[0], KPT_DIMS) if data.kpt_shape is not None else None
-    return DatasetInfo(class_names, samples, kpt_shape, data.flip_idx, skipped)
+    return DatasetInfo(
+        class_names,
+        samples,
+        kpt_shape,
+        data.flip_idx,
+        skipped,
+        kpt_names=data.kpt_names,
+        skeleton=data.skeleton,
+    )
 
 
 def yolo_splits(yaml_path: Path) -> list[str]:
@@ -378,6 +411,10 @@ def write_yolo(splits: Mapping[str, DatasetInfo], out_dir: Path, copy_images: bo
         config["kpt_shape"] = [first.kpt_shape[0], KPT_DIMS]
         if first.flip_idx is not None:
             config["flip_idx"] = list(first.flip_idx)
+        if first.kpt_names is not None:
+            config["kpt_names"] = list(first.kpt_names)
+        if first.skeleton is not None:
+            config["skeleton"] = [[int(i), int(j)] for i, j in first.skeleton]
     yaml_path = out_dir / DATA_YAML
     yaml_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return yaml_path

@@ -39,3 +39,6 @@ class DatasetInfo:
     kpt_shape: tuple[int, int] | None = None  # (K, 3) when the dataset has keypoints
     flip_idx: list[int] | None = None  # landmark permutation for horizontal flips
     skipped: list[str] = field(default_factory=list)  # one message per skipped sample/label
+    kpt_names: list[str] | None = None  # the K landmark names, when the dataset names them
+    # Pairs (i, j) of 0-based landmark indices joined by a line when drawn; None when not given.
+    skeleton: list[tuple[int, int]] | None = None

@@ -120,6 +120,10 @@ class WindowConfig:
     def landmark_names(self) -> tuple[str, ...]:
         return ()
 
+    @property
+    def skeleton(self) -> tuple[tuple[int, int], ...]:
+        return ()
+
     def output_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
         """``(H', W')`` of the output for an ``(H, W)`` input, both >= ``window``.
 

@@ -135,7 +135,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "kind", "class_names", "input_size", "landmark_names", "num_landmarks", "sha256", "default_score_threshold", "default_iou_threshold", "default_max_detections", "is_default")
+    __slots__ = ("name", "kind", "class_names", "input_size", "landmark_names", "num_landmarks", "sha256", "default_score_threshold", "default_iou_threshold", "default_max_detections", "is_default", "skeleton")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +147,7 @@ class ModelInfo(_message.Message):
     DEFAULT_IOU_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MAX_DETECTIONS_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    SKELETON_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
@@ -158,7 +159,16 @@ class ModelInfo(_message.Message):
     default_iou_threshold: float
     default_max_detections: int
     is_default: bool
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., input_size: _Optional[int] = ..., landmark_names: _Optional[_Iterable[str]] = ..., num_landmarks: _Optional[int] = ..., sha256: _Optional[str] = ..., default_score_threshold: _Optional[float] = ..., default_iou_threshold: _Optional[float] = ..., default_max_detections: _Optional[int] = ..., is_default: _Optional[bool] = ...) -> None: ...
+    skeleton: _containers.RepeatedCompositeFieldContainer[SkeletonEdge]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., input_size: _Optional[int] = ..., landmark_names: _Optional[_Iterable[str]] = ..., num_landmarks: _Optional[int] = ..., sha256: _Optional[str] = ..., default_score_threshold: _Optional[float] = ..., default_iou_threshold: _Optional[float] = ..., default_max_detections: _Optional[int] = ..., is_default: _Optional[bool] = ..., skeleton: _Optional[_Iterable[_Union[SkeletonEdge, _Mapping]]] = ...) -> None: ...
+
+class SkeletonEdge(_message.Message):
+    __slots__ = ("first", "second")
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    SECOND_FIELD_NUMBER: _ClassVar[int]
+    first: int
+    second: int
+    def __init__(self, first: _Optional[int] = ..., second: _Optional[int] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "default_model")

@@ -29,6 +29,8 @@ background windows, then on the false positives of hard-negative mining; --data 
 be a crops folder (one folder of images per class plus background/). Validation is the
 same: COCO metrics on whole images. results.csv's obj and lmk columns are 0 for it (the
 background class takes objectness's part and counts in cls), and images_per_s counts crops.
+--batch counts images (each gives about (1 + --negatives) crops per object); the grid's
+--model, --mosaic, --close-mosaic, --scale and --assign do not apply to it.
 
 Multi-GPU: torchrun --nproc-per-node N -m detector.train ...
 """

@@ -185,6 +185,50 @@ class TrainConfig:
             raise ValueError(f"close_mosaic must be in [0, epochs], got {self.close_mosaic}")
 
 
+MODEL_KINDS_TRAINED = (
+    "grid",
+    "sliding-window",
+)  # `detector train --kind`; grid with keypoints is "landmark"
+
+
+@dataclass(frozen=True)
+class WindowTrainConfig:
+    """Settings of a sliding-window run (``detector train --kind sliding-window``): the
+    classifier's shape and pyramid, its crops, loss and hard-negative mining
+    (:mod:`detector.data.window_crops`, :mod:`detector.window_loss`,
+    :mod:`detector.hard_negatives`)."""
+
+    window: int = 32  # W: the crop side in input pixels (see WindowConfig for valid sides)
+    # Smallest object side to find, input pixels: None = the 2nd percentile of the training
+    # boxes' longer sides, at least window / 2; 0 = the window.
+    min_size: float | None = None
+    stage_widths: tuple[int, ...] | None = None  # conv stage channels; None: WindowConfig's
+    fc_widths: tuple[int, ...] | None = None  # "fully connected" widths; None: WindowConfig's
+    negatives_per_positive: int = 3  # random negative crops per positive crop
+    box_gain: float = 1.0  # weight of the smooth-L1 box term (class cross-entropy weighs 1)
+    hard_negative_rounds: int = 1  # rounds of hard-negative mining (0: none)
+    # 1-based epochs after which to mine; () = the rounds spread over the second half.
+    hard_negative_epochs: tuple[int, ...] = ()
+    hard_negative_score: float = 0.5  # a false positive scores at least this
+    hard_negatives_per_image: int = 10  # the highest-scoring false positives kept per image
+
+    def __post_init__(self) -> None:
+        if self.min_size is not None and self.min_size < 0:
+            raise ValueError(f"min_size must be >= 0 (0: the window), got {self.min_size}")
+        if self.negatives_per_positive < 0:
+            raise ValueError(
+                f"negatives_per_positive must be >= 0, got {self.negatives_per_positive}"
+            )
+        if self.hard_negative_rounds < 0:
+            raise ValueError(f"hard_negative_rounds must be >= 0, got {self.hard_negative_rounds}")
+        if any(e < 1 for e in self.hard_negative_epochs):
+            raise ValueError(f"hard_negative_epochs are 1-based, got {self.hard_negative_epochs}")
+        if not 0 <= self.hard_negative_score <= 1:
+            raise ValueError(
+                f"hard_negative_score must be in [0, 1], got {self.hard_negative_score}"
+            )
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """Probabilities and ranges of the training augmentations (Ultralytics-like defaults)."""

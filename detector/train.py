@@ -4,10 +4,17 @@
 :class:`TrainOptions`. Multi-GPU or multi-node: launch with ``torchrun``; every process
 trains on its shard, only rank 0 validates and writes.
 
-``train`` is a loop over four steps that share a :class:`TrainRun`: :func:`set_up` (process
-group, device, data, anchors, model, EMA, optimizer, resume), :func:`train_one_epoch`,
-:func:`validate_and_checkpoint` (rank 0; returns whether to stop early) and :func:`finish`
-(plots, process group teardown).
+``train`` is a loop over steps that share a :class:`TrainRun`: :func:`set_up` (process
+group, device, data, anchors, model, EMA, optimizer, resume), :func:`prepare_epoch`,
+:func:`train_one_epoch`, :func:`validate_and_checkpoint` (rank 0; returns whether to stop
+early) and :func:`finish` (plots, process group teardown).
+
+Model kinds (``TrainOptions.kind``): ``grid`` (YOLO; ``landmark`` when the data has
+keypoints) trains on augmented whole images; ``sliding-window`` trains its crop classifier
+on labelled windows (:mod:`detector.window_train`). What differs is built once in
+:func:`set_up` (:class:`TrainParts`: the batches, their collation and the loss) and in
+:func:`prepare_epoch` (the window kind's hard-negative mining); the loop, EMA, schedule,
+validation on whole images, checkpoints and resume are shared.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from detector.anchors import (
     best_possible_recall,
@@ -37,19 +44,30 @@ from detector.anchors import (
     split_anchors,
 )
 from detector.checkpoint import Checkpoint, remove_stale_temporaries
-from detector.config import ModelConfig, TrainConfig
+from detector.config import MODEL_KINDS_TRAINED, ModelConfig, TrainConfig, WindowTrainConfig
 from detector.data.dataset import DetectionDataset, collate
 from detector.data.formats import load_dataset
 from detector.data.transforms import AugmentConfig, Augmenter
 from detector.data.types import DatasetInfo
+from detector.data.window_crops import collate_crops, is_crop_folder, load_crop_folder
 from detector.device import resolve_device
 from detector.encoding import TargetEncoder
-from detector.kinds import grid_kind_name
+from detector.kinds import get_kind, grid_kind_name
 from detector.loss import DetectionLoss
-from detector.models.yolo import YOLODetector
+from detector.models.window import WindowConfig
 from detector.predict import Detector
 from detector.progress import progress
 from detector.validate import validate
+from detector.window_loss import WindowLoss
+from detector.window_train import (
+    HARD_NEGATIVES_KEY,
+    WINDOW_KIND,
+    mine_hard_negatives,
+    restore_hard_negatives,
+    window_dataset,
+    window_model_config,
+    window_train_metadata,
+)
 
 NUM_ANCHORS = 9
 LAST, BEST, RESULTS = "last.safetensors", "best.safetensors", "results.csv"  # in options.out
@@ -73,7 +91,8 @@ RESULTS_FIELDS = (
 class TrainOptions:
     """One training run: data, model, schedule and output."""
 
-    data: str  # data.yaml, COCO json or VOC folder
+    data: str  # data.yaml, COCO json, VOC folder; sliding-window also a crops folder
+    kind: str = "grid"  # "grid" (landmark with keypoints) or "sliding-window"
     model: str = "tiny"  # model size (see detector.config.MODEL_SIZES)
     imgsz: int = 320  # square input side in pixels
     out: str = "runs/train"  # output folder: checkpoints, results.csv, plots
@@ -90,8 +109,13 @@ class TrainOptions:
     command: str = ""  # the command line, recorded in the checkpoint
     stop_after_epochs: int | None = None  # end this run after N epochs, resumable (time slices)
     cache: bool = False  # decode the training images once and keep them in memory
+    window: WindowTrainConfig = field(default_factory=WindowTrainConfig)  # sliding-window only
 
     def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS_TRAINED:
+            raise ValueError(
+                f"unknown kind {self.kind!r} to train; expected one of {MODEL_KINDS_TRAINED}"
+            )
         if self.stop_after_epochs is not None and self.stop_after_epochs < 1:
             raise ValueError(
                 f"stop_after_epochs must be >= 1 or None, got {self.stop_after_epochs}"
@@ -200,6 +224,17 @@ def _distributed() -> tuple[int, int, int]:
 
 
 @dataclass
+class TrainParts:
+    """What differs by model kind in an epoch: the batches and the loss."""
+
+    dataset: Dataset  # items of one epoch (grid: images; sliding-window: an image's crops)
+    collate: Callable  # items -> (uint8 images (B, 3, H, W), targets with .to(device), indices)
+    criterion: torch.nn.Module  # (raw output as float, targets) -> (total, LossItems)
+    trained: torch.nn.Module  # the module a batch goes through (sliding-window: the classifier)
+    augmenter: Augmenter | None = None  # grid: the configured one (close_mosaic swaps it)
+
+
+@dataclass
 class TrainRun:
     """What the steps of one training run share: built by :func:`set_up`, then updated by
     :func:`validate_and_checkpoint` after every epoch."""
@@ -209,14 +244,13 @@ class TrainRun:
     world: int  # number of processes (1 without torchrun)
     device: torch.device
     val_info: DatasetInfo
-    model_config: ModelConfig
-    model: YOLODetector  # the weights the optimizer moves
-    train_model: torch.nn.Module  # ``model``, or its DistributedDataParallel wrapper
+    kind: str  # the model kind written into checkpoints (see detector.kinds)
+    model_config: ModelConfig | WindowConfig
+    model: torch.nn.Module  # the weights the optimizer moves (the kind's whole network)
+    train_model: torch.nn.Module  # ``parts.trained``, or its DistributedDataParallel wrapper
     ema: ModelEMA
     optimizer: torch.optim.Optimizer
-    criterion: DetectionLoss
-    dataset: DetectionDataset
-    augmenter: Augmenter  # the configured augmentation (close_mosaic swaps the dataset's)
+    parts: TrainParts
     metadata: dict  # what every checkpoint records about the run
     start_epoch: int = 0  # > 0 when resumed
     best_fitness: float = -1.0
@@ -226,6 +260,14 @@ class TrainRun:
     @property
     def cfg(self) -> TrainConfig:
         return self.options.config
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.parts.dataset
+
+    @property
+    def criterion(self) -> torch.nn.Module:
+        return self.parts.criterion
 
     @property
     def main_process(self) -> bool:
@@ -267,6 +309,7 @@ def train(options: TrainOptions) -> Path:
     """Train, validating every epoch; returns the path of the best checkpoint."""
     run = set_up(options)
     for epoch in range(run.start_epoch, run.cfg.epochs):
+        prepare_epoch(run, epoch)
         stats = train_one_epoch(run, epoch)
         if validate_and_checkpoint(run, epoch, stats):
             break
@@ -285,11 +328,12 @@ def set_up(options: TrainOptions) -> TrainRun:
     device = _set_up_device(options.device, local_rank, world, cfg.workers)
     train_info, val_info = _load_data(options, log)
     model_config, resume_state, init_state = _start_from(options, train_info, log)
+    kind = WINDOW_KIND if options.kind == WINDOW_KIND else grid_kind_name(model_config)
 
     torch.manual_seed(cfg.seed)
     # Channels-last convolutions: measured here 1.25x the training steps/s of NCHW on
     # the CPU (tiny, 320, batch 8); on CUDA they are what bf16 tensor cores want.
-    model = YOLODetector(model_config).to(device, memory_format=torch.channels_last)
+    model = get_kind(kind).build(model_config).to(device, memory_format=torch.channels_last)
     if init_state is not None:
         model.load_state_dict(init_state.inference_state)
     ema = ModelEMA(model, cfg.ema_decay)
@@ -297,42 +341,44 @@ def set_up(options: TrainOptions) -> TrainRun:
     start_epoch, best_fitness, stale = 0, -1.0, 0
     if resume_state is not None:
         start_epoch, best_fitness, stale = _restore(model, ema, optimizer, resume_state)
-    train_model = model
+    parts = (
+        _window_parts(options, train_info, model, device, resume_state)
+        if kind == WINDOW_KIND
+        else _grid_parts(options, train_info, model, device, log)
+    )
+    train_model = parts.trained
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            train_model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    encoder = TargetEncoder.from_config(model_config, cfg.loss)
-    augmenter = Augmenter(options.augment, model_config.input_size, model_config.flip_idx or None)
-    dataset = DetectionDataset(
-        train_info, encoder, augmenter, augment=True, seed=cfg.seed, cache=options.cache
-    )
-    if options.cache:
-        log(f"cached {len(dataset)} decoded images: {dataset.cache_bytes() / 2**20:.0f} MiB")
+    metadata = {
+        "command": options.command,
+        "dataset": str(options.data),
+        "dataset_hash": dataset_hash(train_info.samples),
+        "train_options": {
+            k: v for k, v in asdict(options).items() if k not in ("config", "augment", "window")
+        },
+        "train_config": asdict(cfg),
+        "augment": asdict(options.augment),
+    }
+    if kind == WINDOW_KIND:
+        metadata |= window_train_metadata(options.window)
+        if resume_state is not None and HARD_NEGATIVES_KEY in resume_state.metadata:
+            metadata[HARD_NEGATIVES_KEY] = resume_state.metadata[HARD_NEGATIVES_KEY]
     run = TrainRun(
         options=options,
         rank=rank,
         world=world,
         device=device,
         val_info=val_info,
+        kind=kind,
         model_config=model_config,
         model=model,
         train_model=train_model,
         ema=ema,
         optimizer=optimizer,
-        criterion=DetectionLoss(model_config, cfg.loss).to(device),
-        dataset=dataset,
-        augmenter=augmenter,
-        metadata={
-            "command": options.command,
-            "dataset": str(options.data),
-            "dataset_hash": dataset_hash(train_info.samples),
-            "train_options": {
-                k: v for k, v in asdict(options).items() if k not in ("config", "augment")
-            },
-            "train_config": asdict(cfg),
-            "augment": asdict(options.augment),
-        },
+        parts=parts,
+        metadata=metadata,
         start_epoch=start_epoch,
         best_fitness=best_fitness,
         stale=stale,
@@ -347,39 +393,88 @@ def set_up(options: TrainOptions) -> TrainRun:
     return run
 
 
+def _grid_parts(
+    options: TrainOptions,
+    train_info: DatasetInfo,
+    model: torch.nn.Module,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> TrainParts:
+    """The grid kind's epoch: augmented whole images (mosaic…), grid targets, the grid loss."""
+    cfg, model_config = options.config, model.config
+    encoder = TargetEncoder.from_config(model_config, cfg.loss)
+    augmenter = Augmenter(options.augment, model_config.input_size, model_config.flip_idx or None)
+    dataset = DetectionDataset(
+        train_info, encoder, augmenter, augment=True, seed=cfg.seed, cache=options.cache
+    )
+    if options.cache:
+        log(f"cached {len(dataset)} decoded images: {dataset.cache_bytes() / 2**20:.0f} MiB")
+    criterion = DetectionLoss(model_config, cfg.loss).to(device)
+    return TrainParts(dataset, collate, criterion, model, augmenter)
+
+
+def _window_parts(
+    options: TrainOptions,
+    train_info: DatasetInfo,
+    model: torch.nn.Module,
+    device: torch.device,
+    resume_state: Checkpoint | None,
+) -> TrainParts:
+    """The sliding-window kind's epoch: each image's labelled crops (with the hard
+    negatives mined so far, restored on resume) through the classifier, its loss."""
+    config, window = model.config, options.window
+    if options.cache:
+        raise ValueError("--cache applies to grid training only")
+    dataset = window_dataset(
+        train_info, config, window, options.augment, options.data, options.config.seed
+    )
+    if resume_state is not None:
+        restore_hard_negatives(dataset, resume_state.metadata.get(HARD_NEGATIVES_KEY, []))
+    criterion = WindowLoss(config.num_classes, window.box_gain).to(device)
+    return TrainParts(dataset, collate_crops, criterion, model.classifier)
+
+
 def _start_from(
     options: TrainOptions, train_info: DatasetInfo, log: Callable[[str], None]
-) -> tuple[ModelConfig, Checkpoint | None, Checkpoint | None]:
+) -> tuple[ModelConfig | WindowConfig, Checkpoint | None, Checkpoint | None]:
     """The model's configuration, and the checkpoint to resume (``--resume``: out/last)
-    or to take the first weights from (``--init``); a new model gets k-means anchors.
+    or to take the first weights from (``--init``); a new grid model gets k-means
+    anchors, a new window model its pyramid's smallest object from the boxes.
 
-    A new model records the dataset's landmark names, flip_idx and skeleton; ``--init``
-    keeps the initial model's unless the dataset gives them (the data describes its points);
-    ``--resume`` continues with the checkpoint's configuration as it is."""
+    A new grid model records the dataset's landmark names, flip_idx and skeleton;
+    ``--init`` keeps the initial model's unless the dataset gives them (the data describes
+    its points); ``--resume`` continues with the checkpoint's configuration as it is."""
+    window_kind = options.kind == WINDOW_KIND
     if options.resume:
         last_path = Path(options.out) / LAST
         if not last_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
         resume_state = Checkpoint.load(last_path)
+        _check_kind(resume_state, options, f"--resume {last_path}")
         log(f"resuming from {last_path} after epoch {resume_state.metadata['epoch'] + 1}")
         return resume_state.config, resume_state, None
     if options.init:
         init_state = Checkpoint.load(options.init)
+        _check_kind(init_state, options, f"--init {options.init}")
         model_config = init_state.config
         if list(model_config.names) != list(train_info.names):
             raise ValueError(
                 f"--init {options.init}: its classes {list(model_config.names)} differ from the "
                 f"dataset's {train_info.names}"
             )
-        num_kpts = train_info.kpt_shape[0] if train_info.kpt_shape else 0
-        if model_config.num_landmarks != num_kpts:
-            raise ValueError(
-                f"--init {options.init}: its {model_config.num_landmarks} landmarks differ from "
-                f"the dataset's {num_kpts}"
-            )
-        model_config = replace(model_config, **_landmark_fields(train_info, model_config))
-        log(f"initialised from {options.init} (size {model_config.size}, its anchors)")
+        if not window_kind:
+            num_kpts = train_info.kpt_shape[0] if train_info.kpt_shape else 0
+            if model_config.num_landmarks != num_kpts:
+                raise ValueError(
+                    f"--init {options.init}: its {model_config.num_landmarks} landmarks differ "
+                    f"from the dataset's {num_kpts}"
+                )
+            model_config = replace(model_config, **_landmark_fields(train_info, model_config))
+        what = "its window and pyramid" if window_kind else f"size {model_config.size}, its anchors"
+        log(f"initialised from {options.init} ({what})")
         return model_config, None, init_state
+    if window_kind:
+        return window_model_config(options.window, train_info, options.imgsz, log), None, None
     model_config = ModelConfig(
         num_classes=len(train_info.names),
         size=options.model,
@@ -406,6 +501,16 @@ def _landmark_fields(info: DatasetInfo, base: ModelConfig | None = None) -> dict
     }
 
 
+def _check_kind(checkpoint: Checkpoint, options: TrainOptions, what: str) -> None:
+    """``ValueError`` when a checkpoint to start from is not of the kind being trained."""
+    is_window = checkpoint.kind == WINDOW_KIND
+    if is_window != (options.kind == WINDOW_KIND):
+        raise ValueError(
+            f"{what} is a {checkpoint.kind} model; train it with --kind "
+            f"{WINDOW_KIND if is_window else 'grid'}"
+        )
+
+
 def _set_up_device(name: str, local_rank: int, world: int, workers: int) -> torch.device:
     """The training device; under torchrun also this process's GPU and the process group
     (NCCL on CUDA, gloo on the CPU). On the CPU, the intra-op threads."""
@@ -426,9 +531,19 @@ def _set_up_device(name: str, local_rank: int, world: int, workers: int) -> torc
 def _load_data(
     options: TrainOptions, log: Callable[[str], None]
 ) -> tuple[DatasetInfo, DatasetInfo]:
-    """The training and validation splits; logs their sizes and the first skipped samples."""
-    train_info = load_dataset(options.data, options.train_split, strict=options.strict)
-    val_info = load_dataset(options.data, options.val_split, strict=options.strict)
+    """The training and validation splits; logs their sizes and the first skipped samples.
+    A crops folder (sliding-window only) holds both (see ``load_crop_folder``)."""
+    if is_crop_folder(options.data):
+        if options.kind != WINDOW_KIND:
+            raise ValueError(
+                f"{options.data} is a crops folder (it holds background/): train it with "
+                f"--kind {WINDOW_KIND}"
+            )
+        train_info = load_crop_folder(options.data, options.train_split)
+        val_info = load_crop_folder(options.data, options.val_split)
+    else:
+        train_info = load_dataset(options.data, options.train_split, strict=options.strict)
+        val_info = load_dataset(options.data, options.val_split, strict=options.strict)
     for split, info in ((options.train_split, train_info), (options.val_split, val_info)):
         log(
             f"{split}: {len(info.samples)} images, {sum(len(s.classes) for s in info.samples)} boxes, "
@@ -512,9 +627,9 @@ def _epoch_loader(run: TrainRun, epoch: int) -> DataLoader:
     DDP); whole images for the last ``close_mosaic`` epochs."""
     cfg, dataset = run.cfg, run.dataset
     dataset.set_epoch(epoch)
-    if cfg.close_mosaic and epoch >= cfg.epochs - cfg.close_mosaic:
+    augmenter = run.parts.augmenter
+    if cfg.close_mosaic and augmenter is not None and epoch >= cfg.epochs - cfg.close_mosaic:
         # The last epochs see whole images, as validation and inference do.
-        augmenter = run.augmenter
         dataset.augmenter = replace(augmenter, config=replace(augmenter.config, mosaic=0.0))
         if epoch == cfg.epochs - cfg.close_mosaic:
             run.log(f"mosaic off for the last {cfg.close_mosaic} epochs")
@@ -530,10 +645,25 @@ def _epoch_loader(run: TrainRun, epoch: int) -> DataLoader:
         batch_size=cfg.batch_size,
         sampler=sampler,
         num_workers=cfg.workers,
-        collate_fn=collate,
+        collate_fn=run.parts.collate,
         pin_memory=run.device.type == "cuda",
         drop_last=False,
     )
+
+
+def prepare_epoch(run: TrainRun, epoch: int) -> None:
+    """Before an epoch, per kind: the sliding window mines hard negatives before its
+    mining epochs (see :func:`detector.window_train.hard_negative_epochs`); the grid
+    needs nothing."""
+    if run.kind == WINDOW_KIND:
+        mine_hard_negatives(run, epoch)
+
+
+def _as_float(outputs: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """The raw output in float32 for the loss (a grid's per-scale list, or one tensor)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float()
+    return [o.float() for o in outputs]
 
 
 def train_one_epoch(run: TrainRun, epoch: int) -> EpochStats:
@@ -563,7 +693,7 @@ def train_one_epoch(run: TrainRun, epoch: int) -> EpochStats:
         targets = targets.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             outputs = run.train_model(images)
-        loss, items = run.criterion([o.float() for o in outputs], targets)
+        loss, items = run.criterion(_as_float(outputs), targets)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm=10.0)
@@ -585,9 +715,7 @@ def validate_and_checkpoint(run: TrainRun, epoch: int, stats: EpochStats) -> boo
     whether to stop early (patience ran out), agreed by every process."""
     stop = torch.zeros(1, device=run.device)
     if run.main_process:
-        detector = Detector(
-            run.ema.module, run.model_config, run.device, grid_kind_name(run.model_config)
-        )
+        detector = Detector(run.ema.module, run.model_config, run.device, run.kind)
         val = validate(
             detector,
             run.val_info,
@@ -621,7 +749,7 @@ def validate_and_checkpoint(run: TrainRun, epoch: int, stats: EpochStats) -> boo
         )
         checkpoint = Checkpoint(
             run.model_config,
-            grid_kind_name(run.model_config),
+            run.kind,
             {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
             {k: v.detach().cpu() for k, v in run.ema.module.state_dict().items()},
             run.optimizer.state_dict(),

@@ -242,8 +242,7 @@ def run(args: argparse.Namespace) -> int:
     detector = Detector.load(weights, args.device)
     config = detector.config
     print(
-        f"model: {detector.name} ({detector.kind}, size {getattr(config, 'size', '-')}, "
-        f"input {config.input_size}, "
+        f"model: {detector.name} ({detector.kind}, {_shape(config)}, input {config.input_size}, "
         f"{len(detector.names)} classes) on {detector.device}"
     )
     info = load_dataset(args.data, args.split, strict=args.strict)
@@ -308,3 +307,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"plot: {plot_pr_curves(result, args.plots / PR_CURVE_PNG)}")
         print(f"plot: {plot_predictions(detector, info, args.plots / VAL_PREDICTIONS_PNG)}")
     return 0
+
+
+def _shape(config) -> str:
+    """The model's shape in a few words: a grid model's size, a window model's window."""
+    size = getattr(config, "size", None)
+    return f"size {size}" if size is not None else f"window {config.window}"

@@ -1,4 +1,4 @@
-"""``detector train``: train a grid detector on a labelled dataset."""
+"""``detector train``: train a grid or sliding-window detector on a labelled dataset."""
 
 from __future__ import annotations
 
@@ -9,17 +9,28 @@ import sys
 from detector.commands import HelpFormatter
 from detector.config import (
     ASSIGN_RULES,
+    MODEL_KINDS_TRAINED,
     MODEL_SIZES,
     AugmentConfig,
     LossConfig,
     ModelConfig,
     TrainConfig,
+    WindowTrainConfig,
 )
 
 DESCRIPTION = """\
 Train a YOLO-style detector. Anchors are fitted by k-means on the training boxes; every
 epoch is validated with COCO metrics and writes OUT/results.csv, OUT/last.safetensors
 (resumable) and OUT/best.safetensors.
+
+--kind sliding-window trains a WINDOW x WINDOW crop classifier (run convolutionally over an
+image pyramid at inference) on windows cut around each labelled object and random
+background windows, then on the false positives of hard-negative mining; --data may also
+be a crops folder (one folder of images per class plus background/). Validation is the
+same: COCO metrics on whole images. results.csv's obj and lmk columns are 0 for it (the
+background class takes objectness's part and counts in cls), and images_per_s counts crops.
+--batch counts images (each gives about (1 + --negatives) crops per object); the grid's
+--model, --mosaic, --close-mosaic, --scale and --assign do not apply to it.
 
 Multi-GPU: torchrun --nproc-per-node N -m detector.train ...
 """
@@ -31,6 +42,19 @@ Multi-GPU: torchrun --nproc-per-node N -m detector.train ...
 DEFAULT_OUT = "runs/train"
 DEFAULT_DEVICE = "auto"
 TRAIN = TrainConfig()
+WINDOW = WindowTrainConfig()
+# Flags of the sliding-window kind only (their defaults are None so that giving one to a
+# grid run is an error): argparse dest -> the flag.
+WINDOW_FLAGS = {
+    "window": "--window",
+    "min_size": "--min-size",
+    "window_widths": "--window-widths",
+    "fc_widths": "--fc-widths",
+    "negatives": "--negatives",
+    "hard_negatives": "--hard-negatives",
+    "hard_negative_epochs": "--hard-negative-epochs",
+    "hard_negative_score": "--hard-negative-score",
+}
 # The --assign rule whose LossConfig fields are LossConfig's defaults.
 DEFAULT_ASSIGN = next(
     name
@@ -46,7 +70,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--data", required=True, help="data.yaml (YOLO), COCO .json or VOC folder")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="data.yaml (YOLO), COCO .json or VOC folder; for --kind sliding-window also a "
+        "crops folder (class folders + background/; every 10th image validates)",
+    )
+    p.add_argument(
+        "--kind",
+        default=MODEL_KINDS_TRAINED[0],
+        choices=MODEL_KINDS_TRAINED,
+        help="grid: YOLO anchors (landmark when the data has keypoints); sliding-window: a "
+        "crop classifier over an image pyramid",
+    )
     p.add_argument(
         "--model", default=ModelConfig.size, choices=sorted(MODEL_SIZES), help="model size"
     )
@@ -139,9 +175,61 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--box-gain",
         type=float,
-        default=LossConfig.box_gain,
-        help=f"weight of the box (1 - CIoU) loss; objectness weighs {LossConfig.obj_gain:g}, "
-        f"classes {LossConfig.cls_gain:g}",
+        help=f"weight of the box loss: grid (1 - CIoU), default {LossConfig.box_gain:g}, "
+        f"objectness weighs {LossConfig.obj_gain:g}, classes {LossConfig.cls_gain:g}; "
+        f"sliding-window smooth-L1, default {WINDOW.box_gain:g}, class cross-entropy 1",
+    )
+    w = p.add_argument_group("sliding-window (--kind sliding-window only)")
+    w.add_argument(
+        "--window",
+        type=int,
+        help=f"window side W in input pixels (default {WINDOW.window}; with the default "
+        "widths 12 + a multiple of 4: 24, 28, 32, 36...)",
+    )
+    w.add_argument(
+        "--min-size",
+        type=float,
+        help="smallest object side to find, input pixels (the pyramid's first level); "
+        "default: the 2nd percentile of the training boxes' longer sides, at least half the "
+        "window; 0: the window",
+    )
+    w.add_argument(
+        "--window-widths",
+        type=_ints,
+        metavar="C1,C2,…",
+        help="channels of the conv stages, each valid 3x3 convs and a 2x2 pool "
+        "(default: WindowConfig.stage_widths)",
+    )
+    w.add_argument(
+        "--fc-widths",
+        type=_ints,
+        metavar="F1,…",
+        help="widths of the fully connected layers written as convs "
+        "(default: WindowConfig.fc_widths)",
+    )
+    w.add_argument(
+        "--negatives",
+        type=int,
+        metavar="N",
+        help=f"random background crops per object crop (default {WINDOW.negatives_per_positive})",
+    )
+    w.add_argument(
+        "--hard-negatives",
+        type=int,
+        metavar="N",
+        help=f"rounds of hard-negative mining, spread over the second half of the epochs "
+        f"(default {WINDOW.hard_negative_rounds}; 0: none)",
+    )
+    w.add_argument(
+        "--hard-negative-epochs",
+        type=_ints,
+        metavar="E1,…",
+        help="mine after these epochs (1-based) instead (default: the rounds of --hard-negatives)",
+    )
+    w.add_argument(
+        "--hard-negative-score",
+        type=float,
+        help=f"a false positive scores at least this (default {WINDOW.hard_negative_score:g})",
     )
     p.add_argument("--strict", action="store_true", help="a bad label is fatal instead of skipped")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots at the end")
@@ -149,8 +237,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    """``"16,32"`` -> ``(16, 32)``."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def window_train_config(args: argparse.Namespace) -> WindowTrainConfig:
+    """The :class:`WindowTrainConfig` of parsed arguments; ``ValueError`` when a
+    sliding-window flag is given to a grid run."""
+    given = [flag for dest, flag in WINDOW_FLAGS.items() if getattr(args, dest) is not None]
+    if args.kind != "sliding-window":
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} apply to --kind sliding-window only (this run: --kind "
+                f"{args.kind})"
+            )
+        return WINDOW
+    values = {
+        "window": args.window,
+        "min_size": args.min_size,
+        "stage_widths": args.window_widths,
+        "fc_widths": args.fc_widths,
+        "negatives_per_positive": args.negatives,
+        "hard_negative_rounds": args.hard_negatives,
+        "hard_negative_epochs": args.hard_negative_epochs,
+        "hard_negative_score": args.hard_negative_score,
+        "box_gain": args.box_gain,
+    }
+    return WindowTrainConfig(**{k: v for k, v in values.items() if v is not None})
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` that parsed ``detector train`` arguments describe."""
+    box_gain = LossConfig.box_gain if args.box_gain is None else args.box_gain
     return TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch,
@@ -160,7 +284,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed,
         patience=args.patience,
         close_mosaic=args.close_mosaic,
-        loss=LossConfig(box_gain=args.box_gain, **ASSIGN_RULES[args.assign]),
+        loss=LossConfig(box_gain=box_gain, **ASSIGN_RULES[args.assign]),
     )
 
 
@@ -171,14 +295,17 @@ def run(args: argparse.Namespace) -> int:
     if args.init is not None:
         require_path(args.init, "--init model file")
 
+    window = window_train_config(args)  # a sliding-window flag on a grid run fails here
+    config = train_config(args)
+
     from dataclasses import replace
 
     from detector.train import TrainOptions, train
 
-    config = train_config(args)
     augment = replace(AugmentConfig(), mosaic=args.mosaic, fliplr=args.fliplr, scale=args.scale)
     options = TrainOptions(
         data=args.data,
+        kind=args.kind,
         model=args.model,
         imgsz=args.imgsz,
         out=args.out,
@@ -192,6 +319,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         config=config,
         augment=augment,
+        window=window,
         command=shlex.join(
             # detector.cli.main passes what it parsed; `python -m detector.train` does not
             ["detector", *args.argv]

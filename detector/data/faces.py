@@ -28,7 +28,6 @@ Every image depends only on ``(seed, split, index)`` through
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,7 @@ from detector.data.synthetic import (
     BackgroundConfig,
     image_rng,
     load_textures,
+    prepare_split_folders,
     render_background,
 )
 
@@ -457,7 +457,7 @@ def generate_faces_dataset(
     ``kpt_shape``, ``flip_idx``, ``kpt_names`` and ``skeleton``. Image ``i`` of a split depends only on
     ``(seed, split, i)``: the same seed gives byte-identical files.
     """
-    from tqdm import tqdm
+    from detector.progress import progress as show_progress
 
     if n_train < 0 or n_val < 0:
         raise ValueError(f"image counts must be >= 0, got train={n_train}, val={n_val}")
@@ -468,19 +468,12 @@ def generate_faces_dataset(
     start = time.perf_counter()
     out = Path(out_dir)
     counts = {"train": n_train, "val": n_val}
-    for split in SPLITS:
-        for kind in ("images", "labels"):
-            folder = out / kind / split
-            if folder.exists() and any(folder.iterdir()):
-                if not overwrite:
-                    raise ValueError(f"{folder} is not empty; pass overwrite to replace it")
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True, exist_ok=True)
+    prepare_split_folders(out, overwrite)
     textures = face_free_textures()
     params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if image_format == "jpg" else []
     faces = dict.fromkeys(SPLITS, 0)
     sides, visible, total_points = [], 0, 0
-    bar = tqdm(total=n_train + n_val, desc="synth faces", unit="img", disable=not progress)
+    bar = show_progress(total=n_train + n_val, desc="synth faces", unit="img", enabled=progress)
     for split in SPLITS:
         for index in range(counts[split]):
             rng = image_rng(seed, split, index)

@@ -428,6 +428,19 @@ def yolo_label_lines(boxes: np.ndarray, classes: np.ndarray, size: tuple[int, in
     ]
 
 
+def prepare_split_folders(out: Path, overwrite: bool) -> None:
+    """Empty ``images/<split>`` and ``labels/<split>`` folders under ``out`` for every
+    split; an existing non-empty one is replaced with ``overwrite``, else a ``ValueError``."""
+    for split in SPLITS:
+        for kind in ("images", "labels"):
+            folder = out / kind / split
+            if folder.exists() and any(folder.iterdir()):
+                if not overwrite:
+                    raise ValueError(f"{folder} is not empty; pass overwrite to replace it")
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+
+
 def generate_yolo_dataset(
     out_dir: str | Path,
     n_train: int,
@@ -469,14 +482,7 @@ def generate_yolo_dataset(
     start = time.perf_counter()
     out = Path(out_dir)
     counts = {"train": n_train, "val": n_val}
-    for split in SPLITS:
-        for kind in ("images", "labels"):
-            folder = out / kind / split
-            if folder.exists() and any(folder.iterdir()):
-                if not overwrite:
-                    raise ValueError(f"{folder} is not empty; pass overwrite to replace it")
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True, exist_ok=True)
+    prepare_split_folders(out, overwrite)
     sources = {split: DigitSource.load(split) for split in SPLITS}
     textures = load_textures()
     params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if image_format == "jpg" else []

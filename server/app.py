@@ -45,6 +45,7 @@ class DetectorServer:
         grpc_server: grpc.aio.Server,
         health_servicer: health.aio.HealthServicer,
         batchers: dict[str, Batcher],
+        servicer: DetectorServicer,
         decode_pool: ThreadPoolExecutor,
         metrics: ServerMetrics,
         metrics_port: int | None,
@@ -52,18 +53,22 @@ class DetectorServer:
         self.grpc_server = grpc_server
         self.health = health_servicer
         self.batchers = batchers
+        self.servicer = servicer
         self.metrics = metrics
         self.metrics_port = metrics_port  # actual port of /metrics, or None
         self._decode_pool = decode_pool
         self._stopped = False
 
     async def stop(self, grace: float | None) -> None:
-        """Shut down: NOT_SERVING, refuse new calls, give calls in flight ``grace`` seconds
-        (None: cancel them now), then stop the batchers, threads and metrics endpoint."""
+        """Shut down: NOT_SERVING, refuse new calls, stop reading streams (each answers
+        the frames it read, then ends with UNAVAILABLE), give calls in flight ``grace``
+        seconds (None: cancel them now), then stop the batchers, threads and metrics
+        endpoint. Returns as soon as the last call has finished."""
         if self._stopped:
             return
         self._stopped = True
         await self.health.enter_graceful_shutdown()
+        self.servicer.begin_shutdown()
         await self.grpc_server.stop(grace)
         for batcher in self.batchers.values():
             await batcher.close()
@@ -133,7 +138,7 @@ async def create_server(
     for name in (OVERALL_HEALTH, SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     server = DetectorServer(
-        grpc_server, health_servicer, batchers, decode_pool, metrics, metrics_port
+        grpc_server, health_servicer, batchers, servicer, decode_pool, metrics, metrics_port
     )
     return server, port
 

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from proto.detector.v1 import detector_pb2 as pb
 from server.batcher import Batcher
 from server.config import ServerConfig
+from server.images import DecodeBudget
 from server.metrics import ServerMetrics
 from server.repository import ModelRepository
 from server.security import TokenAuthInterceptor, read_token_file, server_credentials
@@ -100,9 +101,14 @@ async def create_server(
         credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
     metrics = ServerMetrics()
     decode_pool = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="decode")
+    decode_budget = DecodeBudget(config.decode_budget_pixels)
     batchers = {
         model.name: Batcher(
-            model.detector, config.batcher, decode_pool, metrics.observer(model.name)
+            model.detector,
+            config.batcher,
+            decode_pool,
+            metrics.observer(model.name),
+            decode_budget,
         )
         for model in repository
     }

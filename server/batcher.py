@@ -53,7 +53,13 @@ from server.errors import (
     InferenceError,
     QueueFullError,
 )
-from server.images import ImageSource, decode_image
+from server.images import (
+    DecodeBudget,
+    ImageSource,
+    decode_reduced,
+    decoded_pixels,
+    original_letterbox,
+)
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +159,8 @@ class Batcher:
         config: batching settings.
         decode_pool: threads that decode and letterbox images (may be shared).
         observer: receives measurements; :class:`NullObserver` by default.
+        decode_budget: bounds the pixels of large images decoded at once (may be shared,
+            with the pool); None: no bound beyond the pool's threads.
     """
 
     def __init__(
@@ -161,8 +169,10 @@ class Batcher:
         config: BatcherConfig,
         decode_pool: Executor,
         observer: BatchObserver | None = None,
+        decode_budget: DecodeBudget | None = None,
     ):
         self.model = model
+        self._decode_budget = decode_budget
         self.config = config
         self._decode_pool = decode_pool
         self._observer = observer or NullObserver()
@@ -255,9 +265,14 @@ class Batcher:
         self._observer.queue_depth(self.depth)
         try:
             start = time.monotonic()
-            letterboxed, letterbox = await loop.run_in_executor(
-                self._decode_pool, self._prepare, image, deadline
-            )
+            if self._decode_budget is None:
+                hold = contextlib.nullcontext()
+            else:
+                hold = self._decode_budget.hold(decoded_pixels(image, self.model.input_size))
+            async with hold:
+                letterboxed, letterbox = await loop.run_in_executor(
+                    self._decode_pool, self._prepare, image, deadline
+                )
             decode_s = time.monotonic() - start
         except BaseException as err:
             if isinstance(err, asyncio.CancelledError):
@@ -328,8 +343,10 @@ class Batcher:
         while self._room_waiters and (
             self._closing or self.depth + self._granted < self.config.max_queue
         ):
-            self._room_waiters.popleft().set_result(None)
-            self._granted += 1
+            waiter = self._room_waiters.popleft()
+            if not waiter.done():  # not cancelled meanwhile
+                waiter.set_result(None)
+                self._granted += 1
 
     def _check_deadline(self, deadline: float | None) -> None:
         if deadline is not None and time.monotonic() >= deadline:
@@ -352,9 +369,12 @@ class Batcher:
 
     def _prepare(self, image: ImageSource, deadline: float | None) -> tuple[np.ndarray, Letterbox]:
         """Decode and letterbox (runs in the decode pool); a request whose deadline
-        passed while it waited for a decode thread is not decoded."""
+        passed while it waited for a decode thread is not decoded. A large JPEG is
+        decoded reduced; the letterbox still maps to its original pixels."""
         self._check_deadline(deadline)
-        return self.model.preprocess(decode_image(image, self.config.max_pixels))
+        reduced = decode_reduced(image, self.config.max_pixels, self.model.input_size)
+        letterboxed, letterbox = self.model.preprocess(reduced.image)
+        return letterboxed, original_letterbox(letterbox, reduced)
 
     async def _run(self) -> None:
         while True:

@@ -623,3 +623,21 @@ def test_a_request_late_for_its_forward_or_its_decode_is_not_run():
     assert isinstance(late, DeadlineExpiredError) and isinstance(on_time, Detections)
     assert model.batches == [1]  # the late image was left out of the forward
     assert decoded == []  # and the late decode never happened
+
+
+def test_a_large_jpeg_is_decoded_reduced_and_answered_in_original_pixels():
+    model = FakeModel()
+    seen_shapes = []
+    preprocess = model.preprocess
+    model.preprocess = lambda im: seen_shapes.append(im.shape) or preprocess(im)
+    height, width = 600, 1000
+    data = cv2.imencode(".jpg", np.full((height, width, 3), 9, np.uint8))[1].tobytes()
+
+    async def main():
+        async with open_batcher(model) as batcher:
+            return await batcher.submit(data, LOW)
+
+    result = run(main())
+    assert seen_shapes == [(75, 125, 3)]  # 1/8: the long side still >= INPUT_SIZE
+    assert result.detections.image_size == (height, width)
+    np.testing.assert_allclose(result.detections.boxes, [[0, 0, width, height]])

@@ -64,7 +64,7 @@ from server.images import (
 log = logging.getLogger(__name__)
 
 MS_PER_S = 1000.0
-BATCH_TIME_SMOOTHING = 0.2  # weight of the newest batch in the moving average of batch time
+BATCH_TIME_SMOOTHING = 0.2  # weight of the newest batch in the moving average of image time
 
 
 class BatchModel(Protocol):
@@ -182,7 +182,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._room_waiters: deque[asyncio.Future[None]] = deque()  # submit(wait=True) callers
         self._granted = 0  # waiters woken with room kept for them, not yet admitted
-        self._batch_s: float | None = None  # moving average of a batch's device time
+        self._image_s: float | None = None  # moving average of device time per image
         self._closing = False
         self._worker: asyncio.Task[None] | None = None
         self._pinned: torch.Tensor | None = None  # max_batch x S x S x 3 uint8, CUDA only
@@ -206,11 +206,12 @@ class Batcher:
 
     def expected_wait_s(self) -> float | None:
         """How long a request admitted now would take to be answered, in seconds: the
-        batches ahead of it and its own, at the measured time per batch; None before
+        requests ahead of it and itself, at the measured device time per image (batches
+        share the cost of a forward, so this is what the queue drains at); None before
         the first batch."""
-        if self._batch_s is None:
+        if self._image_s is None:
             return None
-        return (self.depth // self.config.max_batch + 1) * self._batch_s
+        return (self.depth + 1) * self._image_s
 
     async def close(self) -> None:
         """Admit nothing more, run what was admitted, then stop the worker; callers
@@ -432,8 +433,9 @@ class Batcher:
         if ran:
             self.images_run += ran
             self.batches_run += 1
-            smoothed = self._batch_s if self._batch_s is not None else inference_s
-            self._batch_s = smoothed + BATCH_TIME_SMOOTHING * (inference_s - smoothed)
+            image_s = inference_s / ran
+            smoothed = self._image_s if self._image_s is not None else image_s
+            self._image_s = smoothed + BATCH_TIME_SMOOTHING * (image_s - smoothed)
             queue_s = [start - item.queued_at for item in batch]
             self._observer.batch(ran, inference_s, queue_s)
         for item, outcome in zip(batch, outcomes, strict=True):

@@ -576,7 +576,7 @@ def test_a_request_the_queue_would_make_late_is_refused_at_once():
     async def main():
         async with open_batcher(model, max_batch=1, max_delay_ms=0) as batcher:
             await batcher.submit(image(1), LOW)  # measures the time per batch
-            batcher._batch_s = 1.0  # pretend each batch takes a second
+            batcher._image_s = 1.0  # pretend each image takes a second
             model.gate.clear()
             try:
                 running = asyncio.ensure_future(batcher.submit(image(2), LOW))

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from proto.detector.v1 import detector_pb2 as pb
 from server.batcher import Batcher
 from server.config import ServerConfig
+from server.images import DecodeBudget
 from server.metrics import ServerMetrics
 from server.repository import ModelRepository
 from server.security import TokenAuthInterceptor, read_token_file, server_credentials
@@ -45,6 +46,7 @@ class DetectorServer:
         grpc_server: grpc.aio.Server,
         health_servicer: health.aio.HealthServicer,
         batchers: dict[str, Batcher],
+        servicer: DetectorServicer,
         decode_pool: ThreadPoolExecutor,
         metrics: ServerMetrics,
         metrics_port: int | None,
@@ -52,18 +54,22 @@ class DetectorServer:
         self.grpc_server = grpc_server
         self.health = health_servicer
         self.batchers = batchers
+        self.servicer = servicer
         self.metrics = metrics
         self.metrics_port = metrics_port  # actual port of /metrics, or None
         self._decode_pool = decode_pool
         self._stopped = False
 
     async def stop(self, grace: float | None) -> None:
-        """Shut down: NOT_SERVING, refuse new calls, give calls in flight ``grace`` seconds
-        (None: cancel them now), then stop the batchers, threads and metrics endpoint."""
+        """Shut down: NOT_SERVING, refuse new calls, stop reading streams (each answers
+        the frames it read, then ends with UNAVAILABLE), give calls in flight ``grace``
+        seconds (None: cancel them now), then stop the batchers, threads and metrics
+        endpoint. Returns as soon as the last call has finished."""
         if self._stopped:
             return
         self._stopped = True
         await self.health.enter_graceful_shutdown()
+        self.servicer.begin_shutdown()
         await self.grpc_server.stop(grace)
         for batcher in self.batchers.values():
             await batcher.close()
@@ -95,9 +101,14 @@ async def create_server(
         credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
     metrics = ServerMetrics()
     decode_pool = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="decode")
+    decode_budget = DecodeBudget(config.decode_budget_pixels)
     batchers = {
         model.name: Batcher(
-            model.detector, config.batcher, decode_pool, metrics.observer(model.name)
+            model.detector,
+            config.batcher,
+            decode_pool,
+            metrics.observer(model.name),
+            decode_budget,
         )
         for model in repository
     }
@@ -133,7 +144,7 @@ async def create_server(
     for name in (OVERALL_HEALTH, SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     server = DetectorServer(
-        grpc_server, health_servicer, batchers, decode_pool, metrics, metrics_port
+        grpc_server, health_servicer, batchers, servicer, decode_pool, metrics, metrics_port
     )
     return server, port
 

@@ -3,7 +3,10 @@
 A request's life, all on one asyncio event loop:
 
 1. :meth:`Batcher.submit` admits it, or refuses at once with ``QueueFullError`` when
-   ``max_queue`` requests are already waiting (decoding or queued);
+   ``max_queue`` requests are already waiting (decoding or queued) -- or, with
+   ``wait=True`` (streams), waits for room, which is how a stream applies backpressure;
+   with a deadline it is refused at once (``DeadlineExpiredError``) when the queue's
+   expected wait (from the measured time per batch) is longer than the time left;
 2. its image is decoded and letterboxed in a thread pool shared by all models, so many
    images are prepared in parallel, off the event loop; bad images fail here with
    :class:`~server.images.ImageError` and never reach a batch;
@@ -11,8 +14,10 @@ A request's life, all on one asyncio event loop:
    ``max_delay_ms`` after the first request of the batch was queued, whichever comes
    first; while a batch runs on the device the next one keeps filling, so under load
    batches close at once, full;
-4. on closing, requests whose deadline has passed fail with ``DeadlineExpiredError``
-   and cancelled ones are dropped: neither is run (errors: :mod:`server.errors`);
+4. on closing, and again in the device thread just before the forward, requests whose
+   deadline has passed fail with ``DeadlineExpiredError`` and cancelled ones are
+   dropped: neither is run (errors: :mod:`server.errors`); a request whose deadline
+   passed while it waited for a decode thread is not decoded;
 5. the batch is stacked into one ``(B, S, S, 3)`` uint8 array (pinned host memory on
    CUDA) and runs as one forward in the model's own device thread
    (:meth:`~detector.predict.Detector.forward`), then one post-processing
@@ -41,12 +46,25 @@ from detector.boxes import Letterbox
 from detector.postprocess import Candidates
 from detector.settings import Detections, DetectOptions, class_ids
 from server.config import BatcherConfig
-from server.errors import BatcherClosedError, DeadlineExpiredError, InferenceError, QueueFullError
-from server.images import ImageSource, decode_image
+from server.errors import (
+    BatcherClosedError,
+    BatcherError,
+    DeadlineExpiredError,
+    InferenceError,
+    QueueFullError,
+)
+from server.images import (
+    DecodeBudget,
+    ImageSource,
+    decode_reduced,
+    decoded_pixels,
+    original_letterbox,
+)
 
 log = logging.getLogger(__name__)
 
 MS_PER_S = 1000.0
+BATCH_TIME_SMOOTHING = 0.2  # weight of the newest batch in the moving average of image time
 
 
 class BatchModel(Protocol):
@@ -141,6 +159,8 @@ class Batcher:
         config: batching settings.
         decode_pool: threads that decode and letterbox images (may be shared).
         observer: receives measurements; :class:`NullObserver` by default.
+        decode_budget: bounds the pixels of large images decoded at once (may be shared,
+            with the pool); None: no bound beyond the pool's threads.
     """
 
     def __init__(
@@ -149,8 +169,10 @@ class Batcher:
         config: BatcherConfig,
         decode_pool: Executor,
         observer: BatchObserver | None = None,
+        decode_budget: DecodeBudget | None = None,
     ):
         self.model = model
+        self._decode_budget = decode_budget
         self.config = config
         self._decode_pool = decode_pool
         self._observer = observer or NullObserver()
@@ -158,6 +180,9 @@ class Batcher:
         self._queue: deque[_Pending] = deque()
         self._decoding = 0
         self._wakeup = asyncio.Event()
+        self._room_waiters: deque[asyncio.Future[None]] = deque()  # submit(wait=True) callers
+        self._granted = 0  # waiters woken with room kept for them, not yet admitted
+        self._image_s: float | None = None  # moving average of device time per image
         self._closing = False
         self._worker: asyncio.Task[None] | None = None
         self._pinned: torch.Tensor | None = None  # max_batch x S x S x 3 uint8, CUDA only
@@ -179,16 +204,33 @@ class Batcher:
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._run())
 
+    def expected_wait_s(self) -> float | None:
+        """How long a request admitted now would take to be answered, in seconds: the
+        requests ahead of it and itself, at the measured device time per image (batches
+        share the cost of a forward, so this is what the queue drains at); None before
+        the first batch."""
+        if self._image_s is None:
+            return None
+        return (self.depth + 1) * self._image_s
+
     async def close(self) -> None:
-        """Admit nothing more, run what was admitted, then stop the worker."""
+        """Admit nothing more, run what was admitted, then stop the worker; callers
+        waiting for room are refused."""
         self._closing = True
+        self._wake_room_waiters()
         self._wakeup.set()
         if self._worker is not None:
             await self._worker
         self._device_pool.shutdown(wait=True)
 
     async def submit(
-        self, image: ImageSource, options: DetectOptions, deadline: float | None = None
+        self,
+        image: ImageSource,
+        options: DetectOptions,
+        deadline: float | None = None,
+        *,
+        wait: bool = False,
+        admitted: asyncio.Future[None] | None = None,
     ) -> BatchResult:
         """Detect objects in one image, batched with other callers' images.
 
@@ -196,7 +238,12 @@ class Batcher:
             image: the request image (see :func:`server.images.decode_image`).
             options: thresholds and class filter (ids or names of the model's classes);
                 requests with equal options share one post-processing.
-            deadline: ``time.monotonic()`` seconds after which the request is not run.
+            deadline: ``time.monotonic()`` seconds after which the request is not run;
+                a request that the queue's expected wait would make miss it is refused.
+            wait: when the queue is full, wait for room instead of raising
+                ``QueueFullError`` (callers are admitted in the order they came).
+            admitted: a future this sets once the request is admitted, so a caller
+                (a stream) can hold back its next request until then.
 
         Raises:
             QueueFullError, DeadlineExpiredError, BatcherClosedError: not run.
@@ -204,34 +251,41 @@ class Batcher:
             ValueError: a class the model does not have.
             InferenceError: the model failed on this image.
         """
-        if self._closing:
-            raise BatcherClosedError(f"model {self.model.name!r} is shutting down")
         options = replace(options, classes=class_ids(options.classes, self.model.names))
-        if self.depth >= self.config.max_queue:
-            self._observer.dropped(DROP_QUEUE_FULL)
-            raise QueueFullError(
-                f"model {self.model.name!r} has {self.depth} requests waiting "
-                f"(limit {self.config.max_queue}); retry later"
-            )
-        self._check_deadline(deadline)
+        if wait:
+            await self._wait_for_room()
+        try:
+            self._check_admission(deadline)
+        except BatcherError:
+            self._wake_room_waiters()  # room kept for this caller goes to the next
+            raise
         loop = asyncio.get_running_loop()
         self._decoding += 1
+        if admitted is not None and not admitted.done():
+            admitted.set_result(None)
         self._observer.queue_depth(self.depth)
         try:
             start = time.monotonic()
-            letterboxed, letterbox = await loop.run_in_executor(
-                self._decode_pool, self._prepare, image
-            )
+            if self._decode_budget is None:
+                hold = contextlib.nullcontext()
+            else:
+                hold = self._decode_budget.hold(decoded_pixels(image, self.model.input_size))
+            async with hold:
+                letterboxed, letterbox = await loop.run_in_executor(
+                    self._decode_pool, self._prepare, image, deadline
+                )
             decode_s = time.monotonic() - start
-        except asyncio.CancelledError:
-            self._observer.dropped(DROP_CANCELLED)
-            raise
-        finally:
+        except BaseException as err:
+            if isinstance(err, asyncio.CancelledError):
+                self._observer.dropped(DROP_CANCELLED)
             self._decoding -= 1
-            self._observer.queue_depth(self.depth)
-            self._wakeup.set()  # close() may be waiting for decodes to finish
+            self._left_before_queueing()
+            raise
+        self._decoding -= 1
         self._observer.decoded(decode_s)
-        self._check_deadline(deadline)
+        if deadline is not None and time.monotonic() >= deadline:
+            self._left_before_queueing()
+            self._check_deadline(deadline)
         item = _Pending(letterboxed, letterbox, options, deadline, decode_s, loop.create_future())
         self._queue.append(item)
         self._observer.queue_depth(self.depth)
@@ -242,17 +296,86 @@ class Batcher:
             if item in self._queue:
                 self._queue.remove(item)
                 self._observer.queue_depth(self.depth)
+                self._wake_room_waiters()
             self._observer.dropped(DROP_CANCELLED)
             raise
+
+    def _check_admission(self, deadline: float | None) -> None:
+        if self._closing:
+            raise BatcherClosedError(f"model {self.model.name!r} is shutting down")
+        if self.depth + self._granted >= self.config.max_queue:
+            self._observer.dropped(DROP_QUEUE_FULL)
+            raise QueueFullError(
+                f"model {self.model.name!r} has {self.depth} requests waiting "
+                f"(limit {self.config.max_queue}); retry later"
+            )
+        self._check_deadline(deadline)
+        self._check_expected_wait(deadline)
+
+    def _left_before_queueing(self) -> None:
+        """A request admitted for decoding leaves without being queued (bad image,
+        cancelled, deadline passed): its room goes to a waiter."""
+        self._observer.queue_depth(self.depth)
+        self._wakeup.set()  # close() may be waiting for decodes to finish
+        self._wake_room_waiters()
+
+    async def _wait_for_room(self) -> None:
+        """Wait until the queue has room (or the batcher closes), first come first served:
+        :meth:`_wake_room_waiters` keeps the room for the waiter it wakes."""
+        if self._closing or (
+            not self._room_waiters and self.depth + self._granted < self.config.max_queue
+        ):
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._room_waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter in self._room_waiters:
+                self._room_waiters.remove(waiter)
+            elif waiter.done() and not waiter.cancelled():  # woken, then cancelled
+                self._granted -= 1
+                self._wake_room_waiters()
+            raise
+        self._granted -= 1  # the caller is admitted before its next await
+
+    def _wake_room_waiters(self) -> None:
+        """Wake as many waiters for room as there is room (all of them when closing)."""
+        while self._room_waiters and (
+            self._closing or self.depth + self._granted < self.config.max_queue
+        ):
+            waiter = self._room_waiters.popleft()
+            if not waiter.done():  # not cancelled meanwhile
+                waiter.set_result(None)
+                self._granted += 1
 
     def _check_deadline(self, deadline: float | None) -> None:
         if deadline is not None and time.monotonic() >= deadline:
             self._observer.dropped(DROP_DEADLINE)
             raise DeadlineExpiredError("the deadline passed before the request could run")
 
-    def _prepare(self, image: ImageSource) -> tuple[np.ndarray, Letterbox]:
-        """Decode and letterbox (runs in the decode pool)."""
-        return self.model.preprocess(decode_image(image, self.config.max_pixels))
+    def _check_expected_wait(self, deadline: float | None) -> None:
+        """Refuse a request that the queue ahead of it would make miss its deadline."""
+        expected = self.expected_wait_s()
+        if deadline is None or expected is None:
+            return
+        left = deadline - time.monotonic()
+        if expected > left:
+            self._observer.dropped(DROP_DEADLINE)
+            raise DeadlineExpiredError(
+                f"model {self.model.name!r} has {self.depth} requests waiting: about "
+                f"{expected * MS_PER_S:.0f} ms to an answer, more than the "
+                f"{max(left, 0) * MS_PER_S:.0f} ms left before the deadline"
+            )
+
+    def _prepare(self, image: ImageSource, deadline: float | None) -> tuple[np.ndarray, Letterbox]:
+        """Decode and letterbox (runs in the decode pool); a request whose deadline
+        passed while it waited for a decode thread is not decoded. A large JPEG is
+        decoded reduced; the letterbox still maps to its original pixels."""
+        self._check_deadline(deadline)
+        reduced = decode_reduced(image, self.config.max_pixels, self.model.input_size)
+        letterboxed, letterbox = self.model.preprocess(reduced.image)
+        return letterboxed, original_letterbox(letterbox, reduced)
 
     async def _run(self) -> None:
         while True:
@@ -291,6 +414,7 @@ class Batcher:
                 continue
             batch.append(item)
         self._observer.queue_depth(self.depth)
+        self._wake_room_waiters()
         return batch
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
@@ -302,9 +426,18 @@ class Batcher:
             log.exception("device thread of %s failed", self.model.name)
             outcomes = [InferenceError(f"model {self.model.name!r} failed: {err}")] * len(batch)
         inference_s = time.monotonic() - start
-        self.images_run += len(batch)
-        self.batches_run += 1
-        self._observer.batch(len(batch), inference_s, [start - item.queued_at for item in batch])
+        late = sum(1 for outcome in outcomes if isinstance(outcome, DeadlineExpiredError))
+        for _ in range(late):
+            self._observer.dropped(DROP_DEADLINE)
+        ran = len(batch) - late
+        if ran:
+            self.images_run += ran
+            self.batches_run += 1
+            image_s = inference_s / ran
+            smoothed = self._image_s if self._image_s is not None else image_s
+            self._image_s = smoothed + BATCH_TIME_SMOOTHING * (image_s - smoothed)
+            queue_s = [start - item.queued_at for item in batch]
+            self._observer.batch(ran, inference_s, queue_s)
         for item, outcome in zip(batch, outcomes, strict=True):
             if item.future.done():  # cancelled while running
                 continue
@@ -318,10 +451,14 @@ class Batcher:
         """In the device thread: one forward per input shape in the batch (images are
         letterboxed with minimal padding, so a batch of same-shaped images, such as a
         video's frames, is one forward), then one post-processing per options group."""
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, item in enumerate(batch):
-            by_shape.setdefault(item.letterboxed.shape, []).append(i)
         outcomes: dict[int, Detections | BaseException] = {}
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        now = time.monotonic()
+        for i, item in enumerate(batch):
+            if item.deadline is not None and now >= item.deadline:  # late: not run
+                outcomes[i] = DeadlineExpiredError("the deadline passed before the forward")
+                continue
+            by_shape.setdefault(item.letterboxed.shape, []).append(i)
         for indices in by_shape.values():
             found = self._infer_same_shape([batch[i] for i in indices])
             outcomes.update(zip(indices, found, strict=True))

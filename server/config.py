@@ -56,6 +56,9 @@ class ServerConfig:
 
     batcher: BatcherConfig = field(default_factory=BatcherConfig)  # one batcher per model
     decode_workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # shared pool
+    # Pixels of large images (above 2048x2048) decoded at once, all models together;
+    # more wait their turn (small images never wait). One image at the pixel limit fits.
+    decode_budget_pixels: int = DEFAULT_MAX_PIXELS
     stream_window: int = 16  # requests of one StreamDetect processed at a time
     max_message_mb: int = 64  # largest request or response message
     metrics_port: int | None = None  # HTTP port of /metrics; None = off, 0 = any free port
@@ -71,7 +74,7 @@ class ServerConfig:
             raise ValueError("TLS needs both --tls-cert and --tls-key")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca needs TLS: give --tls-cert and --tls-key too")
-        for name in ("decode_workers", "stream_window", "max_message_mb"):
+        for name in ("decode_workers", "decode_budget_pixels", "stream_window", "max_message_mb"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.grace_s < 0:

@@ -6,17 +6,30 @@ claims a huge image (a decompression bomb) is refused without allocating it; the
 OpenCV decodes them. Every problem raises :class:`ImageError` (a ``ValueError``) with a
 message that says what was wrong; the server answers it with ``INVALID_ARGUMENT``.
 
+A model needs only a few hundred pixels a side, so :func:`decode_reduced` decodes a large
+JPEG at 1/2, 1/4 or 1/8 of its size (libjpeg's scaled decoding, many times cheaper in
+time and memory), never below the model's input size; :func:`original_letterbox` then
+maps the letterbox of the reduced image back to the ORIGINAL pixels. Other formats have
+no cheap reduced decoding: :class:`DecodeBudget` bounds the pixels being decoded at once,
+so a few large images (a PNG that inflates to 8000x8000) wait their turn without holding
+every decode thread, and small images do not wait behind them.
+
 Nothing here knows about gRPC.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import struct
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
+from detector.boxes import Letterbox
 from detector.settings import as_rgb_image
 from server.config import DEFAULT_MAX_PIXELS
 
@@ -34,6 +47,13 @@ JPEG_STANDALONE_MARKERS = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})
 JPEG_END_MARKERS = frozenset({0xD9, 0xDA})  # EOI, SOS: no frame header can follow
 WEBP_SIZE_MASK = 0x3FFF  # VP8 and VP8L sizes are 14-bit fields
 VP8L_SIGNATURE = 0x2F
+# OpenCV's flags that decode a JPEG at 1/factor of its size (libjpeg scaled decoding).
+JPEG_REDUCED_FLAGS = {
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+SMALL_DECODE_PIXELS = 2048 * 2048  # images this small are decoded without waiting for budget
 
 
 class ImageError(ValueError):
@@ -79,6 +99,135 @@ def decode_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> n
         return as_rgb_image(image)
     except ValueError as err:
         raise ImageError(str(err)) from err
+
+
+@dataclass(frozen=True)
+class ReducedImage:
+    """An image decoded at ``1 / reduction`` of its size (rounded up), for a model."""
+
+    image: np.ndarray  # (h, w, 3) uint8 RGB
+    original_size: tuple[int, int]  # (H, W) of the full image, in its decoded orientation
+    reduction: int  # 1 (full size), 2, 4 or 8
+
+
+def jpeg_reduction(width: int, height: int, min_side: int) -> int:
+    """The largest factor in 1, 2, 4, 8 that keeps the long side of a ``width x height``
+    JPEG at least ``min_side`` pixels (the model's input size: it letterboxes by the long
+    side, so it then still only shrinks the image)."""
+    long_side = max(width, height)
+    for factor in sorted(JPEG_REDUCED_FLAGS, reverse=True):
+        if -(-long_side // factor) >= min_side:
+            return factor
+    return 1
+
+
+def decoded_pixels(source: ImageSource, min_side: int) -> int:
+    """How many pixels :func:`decode_reduced` will allocate to decode ``source``, read
+    from its header (0 for raw pixels and arrays, which are not decoded, and for bytes
+    whose header does not parse: decoding them fails at once)."""
+    if not isinstance(source, bytes | bytearray | memoryview):
+        return 0
+    try:
+        fmt, width, height = encoded_size(source if isinstance(source, bytes) else bytes(source))
+    except ImageError:
+        return 0
+    factor = jpeg_reduction(width, height, min_side) if fmt == "JPEG" else 1
+    return -(-width // factor) * -(-height // factor)
+
+
+def decode_reduced(
+    source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
+) -> ReducedImage:
+    """Like :func:`decode_image`, but a JPEG whose long side is at least twice
+    ``min_side`` is decoded at 1/2, 1/4 or 1/8 of its size, its long side still at least
+    ``min_side`` (see :func:`jpeg_reduction`); ``min_side=None`` decodes at full size.
+
+    Raises:
+        ImageError: as :func:`decode_image`.
+    """
+    if min_side is None or not isinstance(source, bytes | bytearray | memoryview):
+        image = decode_image(source, max_pixels)
+        return ReducedImage(image, image.shape[:2], 1)
+    data = bytes(source)
+    fmt, width, height = encoded_size(data)
+    factor = jpeg_reduction(width, height, min_side) if fmt == "JPEG" else 1
+    if factor == 1:
+        image = _decode_encoded(data, max_pixels)
+        return ReducedImage(image, image.shape[:2], 1)
+    image = _decode_encoded(data, max_pixels, JPEG_REDUCED_FLAGS[factor])
+    reduced = (-(-height // factor), -(-width // factor))
+    rotated = image.shape[:2] != reduced  # EXIF orientation turned it a quarter
+    original = (width, height) if rotated else (height, width)
+    return ReducedImage(image, original, factor)
+
+
+def original_letterbox(letterbox: Letterbox, reduced: ReducedImage) -> Letterbox:
+    """The letterbox map of the ORIGINAL image, from that of ``reduced.image``: pixel
+    ``x`` of the original is ``x / reduction`` of the reduced image (libjpeg's scaled
+    decoding averages ``reduction`` pixels into one), so the scales divide by it."""
+    if reduced.reduction == 1:
+        return letterbox
+    return replace(
+        letterbox,
+        scale_x=letterbox.scale_x / reduced.reduction,
+        scale_y=letterbox.scale_y / reduced.reduction,
+        original_size=reduced.original_size,
+    )
+
+
+class DecodeBudget:
+    """Bounds the pixels being decoded at once (decoded images in memory, and the decode
+    threads they hold): a large image waits, first come first served, until the images
+    being decoded leave room for it; images of at most ``small_pixels`` never wait.
+
+    Args:
+        max_pixels: the most pixels of large images decoded at once; a single image
+            larger than this is decoded alone.
+        small_pixels: images this small are not counted.
+    """
+
+    def __init__(self, max_pixels: int, small_pixels: int = SMALL_DECODE_PIXELS):
+        if max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
+        self.max_pixels = max_pixels
+        self.small_pixels = small_pixels
+        self.in_flight = 0  # pixels of large images being decoded
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, pixels: int) -> AsyncIterator[None]:
+        """Hold room for decoding an image of ``pixels`` pixels while inside."""
+        if pixels <= self.small_pixels:
+            yield
+            return
+        pixels = min(pixels, self.max_pixels)
+        if self._waiters or self.in_flight + pixels > self.max_pixels:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append((pixels, waiter))
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():  # woken: give the room back
+                    self.in_flight -= pixels
+                elif (pixels, waiter) in self._waiters:
+                    self._waiters.remove((pixels, waiter))
+                self._wake()
+                raise
+        else:
+            self.in_flight += pixels
+        try:
+            yield
+        finally:
+            self.in_flight -= pixels
+            self._wake()
+
+    def _wake(self) -> None:
+        """Let in the waiters at the head of the line that fit (their room is taken now)."""
+        while self._waiters and self.in_flight + self._waiters[0][0] <= self.max_pixels:
+            pixels, waiter = self._waiters.popleft()
+            if not waiter.done():  # not cancelled meanwhile
+                self.in_flight += pixels
+                waiter.set_result(None)
 
 
 def encoded_size(data: bytes) -> tuple[str, int, int]:
@@ -127,18 +276,20 @@ def _raw_array(raw: RawPixels, max_pixels: int) -> np.ndarray:
     return pixels.reshape(raw.height, raw.width, raw.channels)
 
 
-def _decode_encoded(data: bytes, max_pixels: int) -> np.ndarray:
+def _decode_encoded(data: bytes, max_pixels: int, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     fmt, width, height = encoded_size(data)
     if width < 1 or height < 1:
         raise ImageError(f"{fmt} header gives an empty image: {width}x{height}")
     _check_pixels(width, height, max_pixels)
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if bgr is None:
         raise ImageError(
             f"cannot decode the {fmt} image ({len(data)} bytes, {width}x{height}): "
             "the data is corrupt or truncated"
         )
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if bgr.ndim != 3 or bgr.shape[2] != 3:
+        raise ImageError(f"the {fmt} image decoded to an unexpected shape {bgr.shape}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: no second copy
 
 
 def _truncated(fmt: str, data: bytes) -> ImageError:

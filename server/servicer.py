@@ -109,7 +109,7 @@ def _status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
         return Code.RESOURCE_EXHAUSTED, str(error)
     if isinstance(error, DeadlineExpiredError):
         return Code.DEADLINE_EXCEEDED, str(error)
-    if isinstance(error, BatcherClosedError):
+    if isinstance(error, BatcherClosedError | ServerShuttingDown):
         return Code.UNAVAILABLE, str(error)
     if isinstance(error, InferenceError):
         return Code.INTERNAL, str(error)
@@ -130,6 +130,10 @@ class _EndOfStream:
 
 
 END_OF_STREAM = _EndOfStream()
+
+
+class ServerShuttingDown(Exception):
+    """The server stopped reading a stream because it is shutting down (UNAVAILABLE)."""
 
 
 class DetectorServicer(pb_grpc.DetectorServiceServicer):
@@ -157,6 +161,15 @@ class DetectorServicer(pb_grpc.DetectorServiceServicer):
         self._stream_window = stream_window
         self._max_images_per_call = max_images_per_call
         self._warn_undecodable = RateLimitedWarning(UNDECODABLE_WARNING_INTERVAL_S)
+        self._stopping = False
+        self._readers: set[asyncio.Task[None]] = set()  # each open stream's reader
+
+    def begin_shutdown(self) -> None:
+        """Stop reading the requests of every stream: each answers the frames it has
+        read, then ends with UNAVAILABLE; a stream that starts from now on ends at once."""
+        self._stopping = True
+        for reader in self._readers:
+            reader.cancel()
 
     async def Detect(
         self, request: pb.DetectRequest, context: grpc.aio.ServicerContext
@@ -184,10 +197,18 @@ class DetectorServicer(pb_grpc.DetectorServiceServicer):
         deadline = deadline_of(context)
         window: asyncio.Queue = asyncio.Queue(self._stream_window)
         reader = asyncio.create_task(self._read_stream(request_iterator, window, deadline))
+        self._readers.add(reader)
+        if self._stopping:
+            reader.cancel()
         code = Code.OK
         try:
             index = 0
             while (item := await window.get()) is not END_OF_STREAM:
+                if isinstance(item, ServerShuttingDown):
+                    raise ServerShuttingDown(
+                        f"server shutting down: the {index} frames of this stream it read "
+                        "were answered; reconnect to continue"
+                    )
                 if isinstance(item, Exception):
                     raise item
                 try:
@@ -202,6 +223,7 @@ class DetectorServicer(pb_grpc.DetectorServiceServicer):
             code, message = status_of(err)
             await context.abort(code, message)
         finally:
+            self._readers.discard(reader)
             reader.cancel()
             while not window.empty():
                 _discard(window.get_nowait())
@@ -239,13 +261,22 @@ class DetectorServicer(pb_grpc.DetectorServiceServicer):
         if isinstance(request, pb.DetectRequest):
             check_detect_request(request)
 
-    async def _detect(self, request: pb.DetectRequest, deadline: float | None) -> pb.DetectResponse:
+    async def _detect(
+        self,
+        request: pb.DetectRequest,
+        deadline: float | None,
+        admitted: asyncio.Future[None] | None = None,
+    ) -> pb.DetectResponse:
+        """One request; with ``admitted`` (streams) it waits for room in the model's queue
+        instead of being refused, and sets ``admitted`` once the batcher took it."""
         arrival = time.monotonic()
         self._check(request)
         model = self._repository.get(request.model)
         options = options_from_request(request, model.options)
         image = image_from_proto(request.image)
-        result = await self._batchers[model.name].submit(image, options, deadline)
+        wait = admitted is not None
+        batcher = self._batchers[model.name]
+        result = await batcher.submit(image, options, deadline, wait=wait, admitted=admitted)
         return response_to_proto(
             request.request_id,
             model.name,
@@ -290,13 +321,31 @@ class DetectorServicer(pb_grpc.DetectorServiceServicer):
         window: asyncio.Queue,
         deadline: float | None,
     ) -> None:
-        """Start each request as it arrives; the window bounds how many run at once."""
+        """Start each request as it arrives; the window bounds how many run at once.
+
+        Backpressure: the next request is read only once the batcher admitted this one
+        (or it failed), so while the model's queue is full nothing is read and gRPC
+        flow control holds the sender. Cancelled by :meth:`begin_shutdown`, it stops
+        reading and marks the end of the stream with :class:`ServerShuttingDown`.
+        """
+        end: object = END_OF_STREAM
         try:
             async for request in requests:
-                await window.put(asyncio.ensure_future(self._detect(request, deadline)))
-            await window.put(END_OF_STREAM)
+                admitted = asyncio.get_running_loop().create_future()
+                task = asyncio.ensure_future(self._detect(request, deadline, admitted))
+                try:
+                    await window.put(task)
+                except asyncio.CancelledError:
+                    _discard(task)
+                    raise
+                await asyncio.wait((task, admitted), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            end = ServerShuttingDown()
         except Exception as err:  # the request stream itself broke
-            await window.put(err)
+            end = err
+        await window.put(end)
 
 
 def add_to_server(servicer: DetectorServicer, server: grpc.aio.Server) -> None:

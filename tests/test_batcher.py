@@ -22,6 +22,7 @@ from detector.config import ModelConfig
 from detector.models.yolo import YOLODetector
 from detector.predict import Detector
 from detector.settings import Detections, DetectOptions
+from server import batcher as batcher_module
 from server.batcher import Batcher, BatcherConfig
 from server.errors import (
     BatcherClosedError,
@@ -490,3 +491,153 @@ class CountingForwards:
     def forward(self, batch):
         self.batch_shapes.append(tuple(np.asarray(batch).shape))
         return self.inner.forward(batch)
+
+
+def test_waiting_submits_are_admitted_in_order_as_room_appears():
+    model = FakeModel()
+    model.gate.clear()
+
+    async def main():
+        async with open_batcher(model, max_batch=1, max_delay_ms=0, max_queue=1) as batcher:
+            try:
+                running = asyncio.ensure_future(batcher.submit(image(1), LOW))
+                await wait_until(model.running.is_set)
+                queued = asyncio.ensure_future(batcher.submit(image(2), LOW))
+                await wait_until(lambda: batcher.queued == 1)
+                admitted = [asyncio.get_running_loop().create_future() for _ in range(3)]
+                waiting = [
+                    asyncio.ensure_future(batcher.submit(image(v), LOW, wait=True, admitted=a))
+                    for v, a in zip((3, 4, 5), admitted, strict=True)
+                ]
+                await asyncio.sleep(0.1)
+                assert not any(a.done() for a in admitted) and batcher.depth == 1
+                with pytest.raises(QueueFullError):  # no waiting for room without wait=True
+                    await batcher.submit(image(6), LOW)
+                model.gate.set()
+                results = await asyncio.gather(running, queued, *waiting)
+                return [round(r.detections.scores[0] * 255) for r in results]
+            finally:
+                model.gate.set()
+
+    assert run(main()) == [1, 2, 3, 4, 5]
+    assert model.seen == [1, 2, 3, 4, 5]  # waiters ran in the order they came
+
+
+def test_a_cancelled_waiter_gives_its_turn_to_the_next():
+    model = FakeModel()
+    model.gate.clear()
+
+    async def main():
+        async with open_batcher(model, max_batch=1, max_delay_ms=0, max_queue=1) as batcher:
+            try:
+                first = asyncio.ensure_future(batcher.submit(image(1), LOW))
+                await wait_until(model.running.is_set)
+                second = asyncio.ensure_future(batcher.submit(image(2), LOW))
+                await wait_until(lambda: batcher.queued == 1)
+                gone = asyncio.ensure_future(batcher.submit(image(3), LOW, wait=True))
+                kept = asyncio.ensure_future(batcher.submit(image(4), LOW, wait=True))
+                await asyncio.sleep(0.05)
+                gone.cancel()
+                model.gate.set()
+                await asyncio.gather(first, second, kept)
+            finally:
+                model.gate.set()
+
+    run(main())
+    assert model.seen == [1, 2, 4]
+
+
+def test_close_refuses_the_callers_waiting_for_room():
+    model = FakeModel()
+    model.gate.clear()
+
+    async def main():
+        batcher, pool = await started(model, max_batch=1, max_delay_ms=0, max_queue=1)
+        running = asyncio.ensure_future(batcher.submit(image(1), LOW))
+        await wait_until(model.running.is_set)
+        queued = asyncio.ensure_future(batcher.submit(image(2), LOW))
+        await wait_until(lambda: batcher.queued == 1)
+        waiting = asyncio.ensure_future(batcher.submit(image(3), LOW, wait=True))
+        await asyncio.sleep(0.05)
+        closing = asyncio.ensure_future(batcher.close())
+        with pytest.raises(BatcherClosedError):
+            await waiting
+        model.gate.set()
+        await asyncio.gather(running, queued, closing)
+        pool.shutdown()
+
+    run(main())
+    assert model.seen == [1, 2]
+
+
+def test_a_request_the_queue_would_make_late_is_refused_at_once():
+    model = FakeModel()
+
+    async def main():
+        async with open_batcher(model, max_batch=1, max_delay_ms=0) as batcher:
+            await batcher.submit(image(1), LOW)  # measures the time per batch
+            batcher._image_s = 1.0  # pretend each image takes a second
+            model.gate.clear()
+            try:
+                running = asyncio.ensure_future(batcher.submit(image(2), LOW))
+                await wait_until(model.running.is_set)
+                queued = [asyncio.ensure_future(batcher.submit(image(v), LOW)) for v in (3, 4)]
+                await wait_until(lambda: batcher.queued == 2)
+                assert batcher.expected_wait_s() == pytest.approx(3.0)
+                with pytest.raises(DeadlineExpiredError, match="ms to an answer"):
+                    await batcher.submit(image(5), LOW, time.monotonic() + 2.0)
+                model.gate.set()
+                await asyncio.gather(running, *queued)
+            finally:
+                model.gate.set()
+
+    run(main())
+    assert sorted(model.seen) == [1, 2, 3, 4]
+
+
+def test_a_request_late_for_its_forward_or_its_decode_is_not_run():
+    """Deadlines are checked again in the device thread just before the forward, and in
+    the decode thread before decoding."""
+    model = FakeModel()
+    decoded = []
+    preprocess = model.preprocess
+    model.preprocess = lambda im: decoded.append(int(im.max())) or preprocess(im)
+
+    async def main():
+        async with open_batcher(model, max_batch=2, max_delay_ms=0) as batcher:
+            past = time.monotonic() - 1
+            letterboxed, letterbox = preprocess(image(7))
+            loop = asyncio.get_running_loop()
+            late = batcher_module._Pending(
+                letterboxed, letterbox, LOW, past, 0.0, loop.create_future()
+            )
+            on_time = batcher_module._Pending(
+                letterboxed, letterbox, LOW, None, 0.0, loop.create_future()
+            )
+            outcomes = batcher._infer([late, on_time])
+            with pytest.raises(DeadlineExpiredError):
+                batcher._prepare(image(8), past)
+            return outcomes
+
+    late, on_time = run(main())
+    assert isinstance(late, DeadlineExpiredError) and isinstance(on_time, Detections)
+    assert model.batches == [1]  # the late image was left out of the forward
+    assert decoded == []  # and the late decode never happened
+
+
+def test_a_large_jpeg_is_decoded_reduced_and_answered_in_original_pixels():
+    model = FakeModel()
+    seen_shapes = []
+    preprocess = model.preprocess
+    model.preprocess = lambda im: seen_shapes.append(im.shape) or preprocess(im)
+    height, width = 600, 1000
+    data = cv2.imencode(".jpg", np.full((height, width, 3), 9, np.uint8))[1].tobytes()
+
+    async def main():
+        async with open_batcher(model) as batcher:
+            return await batcher.submit(data, LOW)
+
+    result = run(main())
+    assert seen_shapes == [(75, 125, 3)]  # 1/8: the long side still >= INPUT_SIZE
+    assert result.detections.image_size == (height, width)
+    np.testing.assert_allclose(result.detections.boxes, [[0, 0, width, height]])

@@ -64,10 +64,6 @@ from server.images import (
 log = logging.getLogger(__name__)
 
 MS_PER_S = 1000.0
-# The share of the queue that waiting callers (streams) leave to callers that do not wait
-# (unary calls): without it, a soak of 16 streams beside 16 unary clients let 5 unary
-# calls of 5,584 in. A queue of fewer than 4 is all the streams'.
-UNARY_RESERVE = 0.25
 BATCH_TIME_SMOOTHING = 0.2  # weight of the newest batch in the moving average of image time
 
 
@@ -327,7 +323,7 @@ class Batcher:
         """Wait until the queue has room (or the batcher closes), first come first served:
         :meth:`_wake_room_waiters` keeps the room for the waiter it wakes."""
         if self._closing or (
-            not self._room_waiters and self.depth + self._granted < self._waiting_room
+            not self._room_waiters and self.depth + self._granted < self.config.max_queue
         ):
             return
         waiter = asyncio.get_running_loop().create_future()
@@ -343,17 +339,10 @@ class Batcher:
             raise
         self._granted -= 1  # the caller is admitted before its next await
 
-    @property
-    def _waiting_room(self) -> int:
-        """How deep the queue may be for a waiting caller (a stream's frame) to enter: all
-        of it but ``UNARY_RESERVE`` of it, kept for callers that do not wait (unary calls),
-        so that streams waiting first in line cannot starve them."""
-        return self.config.max_queue - int(self.config.max_queue * UNARY_RESERVE)
-
     def _wake_room_waiters(self) -> None:
         """Wake as many waiters for room as there is room (all of them when closing)."""
         while self._room_waiters and (
-            self._closing or self.depth + self._granted < self._waiting_room
+            self._closing or self.depth + self._granted < self.config.max_queue
         ):
             waiter = self._room_waiters.popleft()
             if not waiter.done():  # not cancelled meanwhile

@@ -105,7 +105,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also train YOLOv8n for our run's wall time (time=) next to a repeat of ours",
     )
     parser.add_argument(
-        "--our-args", default="", help='extra flags for detector train, e.g. "--assign best"'
+        "--our-args",
+        default="",
+        help='extra flags for detector train, later ones win: "--assign best"; one word '
+        "needs the = form: --our-args=--flag",
     )
     parser.add_argument(
         "--timeout", type=float, default=7200, help="seconds per pair of runs, then killed"
@@ -515,9 +518,10 @@ def main(argv: list[str] | None = None) -> int:
         work = args.workdir or Path(temporary)
         (work / "runs").mkdir(parents=True, exist_ok=True)
         os.environ.update(ultralytics_env(work / "runs"))  # before any Ultralytics import
-        skip = SKIPPED_FLAG if args.skip_ultralytics else ultralytics_available()
-        if skip:
-            print(f"YOLOv8n skipped: {skip}")
+        reason = SKIPPED_FLAG if args.skip_ultralytics else ultralytics_available()
+        if reason:
+            print(f"YOLOv8n skipped: {reason}")
+        skip = reason and "skipped (see the first line)"
         return bench(args, work, skip)
 
 
@@ -535,21 +539,20 @@ def bench(args: argparse.Namespace, work: Path, skip: str | None) -> int:
     fresh = synth_digits(work / "digits-fresh", 0, args.fresh_images, FRESH_SEED)
     data = first_images(dataset.parent, work / f"digits-first{args.images}", args.images)
     runs = work / "runs"
-    our_flags = shlex.join([*OUR_RECIPE, *args.our_args])
-    print(f"ours: detector train {our_flags} --epochs {args.epochs} --seed {args.seed}")
     print(
         f"training: {args.images} images, {args.epochs} epochs, {THREADS} torch thread each, "
         f"{'ours and YOLOv8n at once' if not skip else 'ours alone'}"
     )
 
     ours = our_run("ours", data, runs, args)
+    print(f"ours: detector {shlex.join(ours.command[3:])}")
     theirs = None if skip else ultralytics_run("yolov8n", data, runs, args)
     start = time.perf_counter()
     run_together([r for r in (ours, theirs) if r], args.timeout)
     print(f"pair of runs: {time.perf_counter() - start:.0f} s")
 
     ours2 = theirs2 = None
-    equal_skip = skip or "--equal-time not given"
+    equal_skip = skip or "not run (--equal-time not given)"
     if args.equal_time and not skip and ours.wall is not None and ours.returncode == 0:
         ours2 = our_run("ours-repeat", data, runs, args)
         theirs2 = ultralytics_run("yolov8n-equal-time", data, runs, args, ours.wall)
@@ -557,7 +560,7 @@ def bench(args: argparse.Namespace, work: Path, skip: str | None) -> int:
         run_together([ours2, theirs2], args.timeout)
         print(f"equal-time pair: {time.perf_counter() - start:.0f} s")
     elif args.equal_time and not skip:
-        equal_skip = "our run failed: no time to give"
+        equal_skip = "not run (our run failed: no time to give)"
 
     torch.set_num_threads(os.cpu_count() or 1)
     info = load_dataset(fresh, "val")
@@ -575,8 +578,8 @@ def bench(args: argparse.Namespace, work: Path, skip: str | None) -> int:
         timing_cells(theirs, reason_theirs) + score_cells(scores["yolov8n"], reason_theirs),
     ]
     print_table(
-        f"1. same epochs: {args.epochs} epochs on the first {args.images} images, both at "
-        f"once, scored on {len(info.samples)} fresh images (seed {FRESH_SEED})",
+        f"1. same epochs: {args.epochs} epochs on the first {args.images} images, "
+        f"{'ours alone' if skip else 'both at once'}, scored on {len(info.samples)} fresh images (seed {FRESH_SEED})",
         cols,
         cells,
     )
@@ -592,9 +595,9 @@ def bench(args: argparse.Namespace, work: Path, skip: str | None) -> int:
             cells,
         )
     else:
-        print(f"\n2. equal time: skipped ({equal_skip})")
-    for name in ("yolov8n", "yolov8n-equal-time"):
-        path = runs / f"{name}.json"
+        print(f"\n2. equal time: {equal_skip}")
+    for run in (r for r in (theirs, theirs2) if r is not None):  # this invocation's only
+        name, path = run.name, runs / f"{run.name}.json"
         if path.is_file():
             s = json.loads(path.read_text())
             time_s = "-" if s["time_h"] is None else f"{s['time_h'] * 3600:.1f} s"

@@ -109,6 +109,8 @@ class Detector:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {list(BACKENDS)}")
         path = resolve_model_path(path_or_name)
+        if backend == "onnxruntime" and str(device) == "auto":
+            device = "cpu"  # ONNX Runtime runs here on the CPU whatever GPU there is
         device = resolve_device(device)
         if backend == "onnxruntime":
             return cls._load_onnx(path, device)

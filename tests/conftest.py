@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_training_thread():
+    """One intra-op thread for every training run of a module (use with ``pytestmark``): on
+    64-pixel images thread hand-offs cost more than they save (several times slower on a
+    busy machine), and bitwise comparisons of two runs need the same thread count.
+    ``OMP_NUM_THREADS`` tells the trainer to leave the count alone."""
+    threads, variable = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    if variable is None:
+        del os.environ["OMP_NUM_THREADS"]
+    else:
+        os.environ["OMP_NUM_THREADS"] = variable
 
 
 @pytest.fixture(scope="module")

@@ -39,21 +39,7 @@ DDP_TIMEOUT_S = 300
 OMP_THREADS = "OMP_NUM_THREADS"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread for every run of this module: on 64-pixel images thread hand-offs
-    cost more than they save (several times slower on a busy machine), and bitwise
-    comparisons of two runs need the same thread count. ``OMP_NUM_THREADS`` tells the
-    trainer to leave the count alone."""
-    threads, variable = torch.get_num_threads(), os.environ.get(OMP_THREADS)
-    os.environ[OMP_THREADS] = "1"
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    if variable is None:
-        del os.environ[OMP_THREADS]
-    else:
-        os.environ[OMP_THREADS] = variable
+pytestmark = pytest.mark.usefixtures("one_training_thread")
 
 
 @pytest.fixture(scope="module")

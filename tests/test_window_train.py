@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,22 +45,9 @@ IMGSZ = 64
 WINDOW = 24  # 12 + 3 * stride 4: the smallest handy window of the default widths
 MIN_SIZE = 16.0  # the pyramid enlarges a 64-px input 1.5x at most: fast validation
 BATCH = 8
-OMP_THREADS = "OMP_NUM_THREADS"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread, and ``OMP_NUM_THREADS`` set so the trainer leaves it alone
-    (bitwise comparisons of two runs need the same thread count)."""
-    threads, variable = torch.get_num_threads(), os.environ.get(OMP_THREADS)
-    os.environ[OMP_THREADS] = "1"
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    if variable is None:
-        del os.environ[OMP_THREADS]
-    else:
-        os.environ[OMP_THREADS] = variable
+pytestmark = pytest.mark.usefixtures("one_training_thread")
 
 
 @pytest.fixture(scope="module")

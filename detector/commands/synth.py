@@ -77,29 +77,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=DIGITS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    digits.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write")
-    digits.add_argument("--train", type=int, required=True, metavar="N", help="training images")
-    digits.add_argument("--val", type=int, required=True, metavar="M", help="validation images")
-    digits.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
-    digits.add_argument(
-        "--imgsz", type=int, default=320, help="image side in pixels (default: 320)"
-    )
+    _dataset_arguments(digits)
     digits.add_argument(
         "--min-objects", type=int, default=1, help="fewest digits per image (default: 1)"
     )
     digits.add_argument(
         "--max-objects", type=int, default=6, help="most digits per image (default: 6)"
     )
-    digits.add_argument(
-        "--format",
-        choices=("png", "jpg"),
-        default="png",
-        help="image file format (default: png, lossless)",
-    )
-    digits.add_argument(
-        "--overwrite", action="store_true", help="replace existing images and labels in DIR"
-    )
-    digits.add_argument("--quiet", action="store_true", help="no progress bar")
+    _output_arguments(digits)
     digits.set_defaults(func=run_digits)
 
     faces = kinds.add_parser(
@@ -108,22 +93,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=FACES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    faces.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write")
-    faces.add_argument("--train", type=int, required=True, metavar="N", help="training images")
-    faces.add_argument("--val", type=int, required=True, metavar="M", help="validation images")
-    faces.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
-    faces.add_argument("--imgsz", type=int, default=320, help="image side in pixels (default: 320)")
+    _dataset_arguments(faces)
     faces.add_argument(
         "--min-faces", type=int, default=1, help="fewest faces per image (default: 1)"
     )
     faces.add_argument("--max-faces", type=int, default=6, help="most faces per image (default: 6)")
-    faces.add_argument(
-        "--format", choices=("png", "jpg"), default="png", help="image file format (default: png)"
-    )
-    faces.add_argument(
-        "--overwrite", action="store_true", help="replace existing images and labels in DIR"
-    )
-    faces.add_argument("--quiet", action="store_true", help="no progress bar")
+    _output_arguments(faces)
     faces.set_defaults(func=run_faces)
     video = kinds.add_parser(
         "video",
@@ -145,6 +120,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     video.add_argument("--labels", metavar="FILE", help="also write the boxes as JSON lines")
     video.add_argument("--quiet", action="store_true", help="no progress")
     video.set_defaults(func=run_video)
+
+
+def _dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where a synthetic dataset goes, how many images, its seed and image size."""
+    parser.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write")
+    parser.add_argument("--train", type=int, required=True, metavar="N", help="training images")
+    parser.add_argument("--val", type=int, required=True, metavar="M", help="validation images")
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
+    parser.add_argument(
+        "--imgsz", type=int, default=320, help="image side in pixels (default: 320)"
+    )
+
+
+def _output_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a synthetic dataset's files are written."""
+    parser.add_argument(
+        "--format",
+        choices=("png", "jpg"),
+        default="png",
+        help="image file format (default: png, lossless)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace existing images and labels in DIR"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run_digits(args: argparse.Namespace) -> int:

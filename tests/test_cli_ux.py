@@ -137,3 +137,22 @@ def test_train_options_defaults_agree_with_the_trainer():
     options = TrainOptions(data="x.yaml")
     for field in ("model", "imgsz", "out", "device"):
         assert getattr(args, field) == getattr(options, field), field
+
+
+def test_a_closed_output_pipe_ends_quietly():
+    """``detector … | head``: when the reader goes away the command stops with exit 1 and
+    no traceback."""
+    code = (
+        "import sys\n"
+        "import detector.commands.info as info\n"
+        "def run(args):\n"
+        "    raise BrokenPipeError(32, 'Broken pipe')\n"
+        "info.run = run\n"
+        "from detector.cli import main\n"
+        "sys.exit(main(['info']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr

@@ -147,23 +147,26 @@ def _output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _dataset_settings(args: argparse.Namespace) -> dict:
+    """The generator arguments of :func:`_dataset_arguments` and :func:`_output_arguments`."""
+    return {
+        "n_train": args.train,
+        "n_val": args.val,
+        "seed": args.seed,
+        "imgsz": args.imgsz,
+        "image_format": args.format,
+        "overwrite": args.overwrite,
+        "progress": not args.quiet,
+    }
+
+
 def run_digits(args: argparse.Namespace) -> int:
     """Generate the digits dataset and print a summary; returns the exit code."""
     from detector.data.synthetic import DIGIT_NAMES, SceneConfig, generate_yolo_dataset
 
     config = SceneConfig(min_objects=args.min_objects, max_objects=args.max_objects)
     try:
-        summary = generate_yolo_dataset(
-            args.out,
-            n_train=args.train,
-            n_val=args.val,
-            seed=args.seed,
-            imgsz=args.imgsz,
-            config=config,
-            image_format=args.format,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
+        summary = generate_yolo_dataset(args.out, config=config, **_dataset_settings(args))
     except ImportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -183,20 +186,10 @@ def run_faces(args: argparse.Namespace) -> int:
 
     try:
         config = FaceConfig(min_faces=args.min_faces, max_faces=args.max_faces)
-        summary = generate_faces_dataset(
-            args.out,
-            n_train=args.train,
-            n_val=args.val,
-            seed=args.seed,
-            imgsz=args.imgsz,
-            config=config,
-            image_format=args.format,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
+        summary = generate_faces_dataset(args.out, config=config, **_dataset_settings(args))
     except (ImportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     lo, mid, hi = summary.face_sides
     print(f"wrote {summary.data_yaml} in {summary.seconds:.1f} s")
     for split, n_images in summary.images.items():

@@ -14,7 +14,7 @@ evaluation. Training targets and losses stay with each kind's trainer.
 Kinds:
 
 * ``grid``: the YOLO grid detector (:mod:`detector.models.yolo`, decoded by
-  :func:`detector.encoding.decode`);
+  :func:`detector.encoding.decode_candidates`);
 * ``landmark``: the same network and decoding with K > 0 keypoints per anchor;
 * ``sliding-window``: a W×W crop classifier written convolutionally, run over an image
   pyramid (:mod:`detector.models.window`, :mod:`detector.window_pyramid`).
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from detector.config import ModelConfig
-from detector.encoding import decode
+from detector.encoding import decode_candidates
 from detector.models.window import WindowConfig
 from detector.models.yolo import YOLODetector
 from detector.postprocess import Candidates
@@ -55,9 +55,7 @@ def grid_candidates(
 ) -> Candidates:
     """Grid head output → candidates: every anchor of every cell, its best class, and
     score = objectness × that class's probability."""
-    decoded = decode(raw, config)
-    best_prob, best_class = decoded.class_probs.max(-1)  # (B, P) each
-    return Candidates(decoded.boxes, decoded.objectness * best_prob, best_class, decoded.landmarks)
+    return Candidates(*decode_candidates(raw, config))
 
 
 GRID = ModelKind("grid", ModelConfig, YOLODetector, grid_candidates)

@@ -30,6 +30,7 @@ from detector.checkpoint import Checkpoint
 from detector.config import ModelConfig
 from detector.device import resolve_device
 from detector.kinds import get_kind
+from detector.models.fuse import fuse_conv_bn
 from detector.postprocess import Candidates, RawDetections, select_detections
 from detector.settings import (
     PREDICTED,
@@ -119,6 +120,9 @@ class Detector:
         checkpoint = Checkpoint.load(path)
         model = get_kind(checkpoint.kind).build(checkpoint.config)
         model.load_state_dict(checkpoint.inference_state)
+        # Inference only from here: BatchNorm folded into the convolutions, measured 1.12x
+        # the forward's images/s on a 2-core CPU (the trainer's own Detector is not fused).
+        fuse_conv_bn(model.eval())
         return cls(
             model, checkpoint.config, device, checkpoint.kind, path.stem, checkpoint.metadata
         )

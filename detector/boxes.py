@@ -129,6 +129,7 @@ def nms(
     iou_threshold: float,
     score_threshold: float = 0.0,
     max_detections: int | None = None,
+    max_candidates: int | None = None,
 ) -> torch.Tensor:
     """Greedy non-maximum suppression, independently per class.
 
@@ -136,7 +137,7 @@ def nms(
 
     1. drop every box with ``score <= score_threshold``;
     2. order the rest by decreasing score; equal scores keep their input order (the lower
-       input index comes first);
+       input index comes first); with ``max_candidates``, only the first that many go on;
     3. per class, greedily: keep the first remaining box and drop every remaining box of
        the same class whose IoU with it is ``>= iou_threshold``. Boxes of different classes
        never suppress each other.
@@ -152,13 +153,13 @@ def nms(
 
     Up to ``ONE_CALL_MAX_BOXES_CPU`` candidates (``ONE_CALL_MAX_BOXES_CUDA`` on CUDA),
     all classes go through one ``torchvision.ops.nms`` call: the class-offset trick of
-    ``torchvision.ops.batched_nms``, made exact. The boxes are shifted so that every
-    coordinate lies in ``[0, span]``, then class ``k`` (counted from the smallest class id
-    present) is moved by ``k * step``, ``step`` the smallest power of two above
-    ``span + 1``, so boxes of different classes are more than 1 apart and never overlap,
-    whatever the sign or size of the coordinates. The shifts are done in float64 and
-    checked to be exact (an error-free sum per coordinate), so the IoU of every
-    same-class pair is bit-for-bit that of the unshifted boxes. Each class gets its own
+    ``torchvision.ops.batched_nms``, made exact. Class ``k`` (counted from the smallest
+    class id present) is moved by ``k * step``, ``step`` the smallest power of two above
+    ``span + 1`` (``span`` = largest minus smallest coordinate), so boxes of different
+    classes are more than 1 apart and never overlap, whatever the sign or size of the
+    coordinates. The shift is done in float64 and checked to be exact (an error-free sum
+    per coordinate), so the IoU of every same-class pair is bit-for-bit that of the
+    unshifted boxes. Each class gets its own
     kernel call instead, with the same result, above that size (where one call costs
     more, see ``ONE_CALL_MAX_BOXES_CPU``) or if a shift would round: float32 and half
     coordinates round only when they span more than about 2**29 times their own
@@ -175,6 +176,8 @@ def nms(
             discarded before suppression.
         max_detections: keep at most this many (the highest scores) after suppression;
             ``None`` keeps all.
+        max_candidates: at most this many boxes (the highest scores, after the score
+            threshold) enter suppression; ``None``: all.
 
     Returns:
         ``(K,)`` int64 indices into the input, sorted by decreasing score (ties: lower
@@ -193,24 +196,28 @@ def nms(
     for name, value in (("iou_threshold", iou_threshold), ("score_threshold", score_threshold)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
-    if max_detections is not None and max_detections < 0:
-        raise ValueError(f"max_detections must be >= 0 or None, got {max_detections}")
+    for name, limit in (("max_detections", max_detections), ("max_candidates", max_candidates)):
+        if limit is not None and limit < 0:
+            raise ValueError(f"{name} must be >= 0 or None, got {limit}")
     if num_boxes > MAX_NMS_BOXES:
         raise ValueError(f"nms supports at most {MAX_NMS_BOXES} boxes, got {num_boxes}")
 
     empty = torch.empty((0,), dtype=torch.int64, device=boxes.device)
     scores32 = scores.to(torch.float32)
     candidates = torch.nonzero(scores32 > score_threshold).squeeze(1)  # (M,) input indices
-    if candidates.numel() == 0 or max_detections == 0:
+    if candidates.numel() == 0 or max_detections == 0 or max_candidates == 0:
         return empty
     order = torch.sort(scores32[candidates], descending=True, stable=True).indices
+    if max_candidates is not None:
+        order = order[:max_candidates]
     candidates = candidates[order]  # (M,) by decreasing score, ties by input index
     cand_classes = classes[candidates]  # (M,)
     if iou_threshold == 0.0:  # every IoU is >= 0: the first box of each class suppresses the rest
-        keep_mask = _first_of_each_class(cand_classes)
+        kept_positions = torch.nonzero(_first_of_each_class(cand_classes)).squeeze(1)
     else:
-        keep_mask = _suppress(boxes[candidates].to(torch.float64), cand_classes, iou_threshold)
-    kept_positions = torch.nonzero(keep_mask).squeeze(1)  # ascending position = score order
+        kept_positions = _suppress(
+            boxes[candidates].to(torch.float64), cand_classes, iou_threshold
+        )  # ascending position = score order
     if max_detections is not None:
         kept_positions = kept_positions[:max_detections]
     return candidates[kept_positions]
@@ -225,41 +232,40 @@ def _suppress(boxes: torch.Tensor, classes: torch.Tensor, iou_threshold: float) 
         iou_threshold: in ``(0, 1]``.
 
     Returns:
-        ``(M,)`` bool, True for the boxes kept.
+        ``(K,)`` int64 positions of the boxes kept, ascending (best first).
     """
     num = boxes.shape[0]
     device = boxes.device
     # Unique pseudo-scores: rank 0 gets M, the last gets 1 (exact in float64).
     ranks = torch.arange(num, 0, -1, dtype=torch.float64, device=device)
     threshold = float(np.nextafter(iou_threshold, -np.inf))
-    keep_mask = torch.zeros(num, dtype=torch.bool, device=device)
     one_call_max = ONE_CALL_MAX_BOXES_CUDA if device.type == "cuda" else ONE_CALL_MAX_BOXES_CPU
     shifted = _class_separated(boxes, classes) if num <= one_call_max else None
-    if shifted is not None:
-        keep_mask[torchvision_nms(shifted, ranks, threshold)] = True
-        return keep_mask
+    if shifted is not None:  # torchvision returns decreasing pseudo-score: ascending position
+        return torchvision_nms(shifted, ranks, threshold)
+    keep_mask = torch.zeros(num, dtype=torch.bool, device=device)
     for class_id in torch.unique(classes):  # the slow path: one kernel call per class
         members = torch.nonzero(classes == class_id).squeeze(1)  # (Mc,) positions
         keep_mask[members[torchvision_nms(boxes[members], ranks[members], threshold)]] = True
-    return keep_mask
+    return torch.nonzero(keep_mask).squeeze(1)
 
 
 def _class_separated(boxes: torch.Tensor, classes: torch.Tensor) -> torch.Tensor | None:
     """``(M, 4)`` float64 boxes moved so that classes lie apart, or None if inexact.
 
-    Coordinates are shifted into ``[0, span]``, then class ``k`` (from the smallest id) by
-    ``k * step`` with ``step`` the power of two just above ``span``. Every shift must be
-    exact, so that same-class IoUs do not change; None when one would round.
+    Class ``k`` (from the smallest id) moves by ``k * step`` with ``step`` the power of
+    two just above ``span + 1``, ``span`` the largest minus the smallest coordinate: the
+    boxes of class ``k`` lie in ``[low + k * step, low + span + k * step]``, more than 1
+    below those of class ``k + 1``, whatever the signs. Every shift must be exact, so
+    that same-class IoUs do not change; None when one would round.
     """
-    low = boxes.min()
-    local, exact_local = _exact_sum(boxes, -low)  # (M, 4) in [0, span]
-    span = float(local.max())
+    span = float(boxes.max() - boxes.min())  # inf or nan when a coordinate is not finite
     if not math.isfinite(span):
         return None
-    step = 2.0 ** math.frexp(span + 1.0)[1]  # a power of two > span + 1 > span
+    step = 2.0 ** math.frexp(span + 1.0)[1]  # a power of two > span + 1
     offsets = (classes - classes.min()).to(torch.float64) * step  # (M,), exact below 2**53
-    shifted, exact_class = _exact_sum(local, offsets[:, None])  # (M, 4)
-    if not bool((exact_local & exact_class).all()):
+    shifted, exact = _exact_sum(boxes, offsets[:, None])  # (M, 4)
+    if not bool(exact.all()):
         return None
     return shifted
 

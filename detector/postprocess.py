@@ -86,18 +86,15 @@ def select_detections(
         scores = scores * torch.isin(best_class, wanted)
     results = []
     for b in range(scores.shape[0]):
-        keep = torch.nonzero(scores[b] > score_threshold).flatten()
-        if keep.numel() > MAX_CANDIDATES:
-            keep = keep[scores[b, keep].topk(MAX_CANDIDATES).indices]
-        boxes = candidates.boxes[b, keep]
-        kept = nms(
-            boxes,
-            scores[b, keep],
-            best_class[b, keep],
+        idx = nms(
+            candidates.boxes[b],
+            scores[b],
+            best_class[b],
             iou_threshold,
+            score_threshold,
             max_detections=max_detections,
+            max_candidates=MAX_CANDIDATES,
         )
-        idx = keep[kept]
         results.append(
             RawDetections(
                 boxes=candidates.boxes[b, idx],

@@ -213,7 +213,9 @@ def test_letterbox_params_errors():
 # ---------------------------------------------------------------- NMS
 
 
-def reference_nms(boxes, scores, classes, iou_threshold, score_threshold=0.0, max_det=None):
+def reference_nms(
+    boxes, scores, classes, iou_threshold, score_threshold=0.0, max_det=None, max_cand=None
+):
     """The algorithm itself, slowly: float32 scores, float64 IoU, ties by lower index."""
     scores = scores.float().tolist()
     classes = classes.tolist()
@@ -221,6 +223,7 @@ def reference_nms(boxes, scores, classes, iou_threshold, score_threshold=0.0, ma
     suppress = (iou >= iou_threshold).tolist()
     remaining = [i for i in range(len(scores)) if scores[i] > score_threshold]
     remaining.sort(key=lambda i: (-scores[i], i))
+    remaining = remaining if max_cand is None else remaining[:max_cand]
     kept = []
     while remaining:
         best = remaining.pop(0)
@@ -242,16 +245,17 @@ def random_nms_case(g: torch.Generator):
     iou_threshold = float(torch.rand(1, generator=g))
     score_threshold = float(torch.rand(1, generator=g)) * 0.5
     max_det = None if torch.rand(1, generator=g) < 0.5 else int(torch.randint(0, 20, (1,)))
-    return boxes, scores, classes, iou_threshold, score_threshold, max_det
+    max_cand = None if torch.rand(1, generator=g) < 0.5 else int(torch.randint(0, 40, (1,)))
+    return boxes, scores, classes, iou_threshold, score_threshold, max_det, max_cand
 
 
 def test_nms_matches_reference_on_random_cases():
     g = torch.Generator().manual_seed(5)
     for case in range(200):
-        boxes, scores, classes, iou_t, score_t, max_det = random_nms_case(g)
+        boxes, scores, classes, iou_t, score_t, max_det, max_cand = random_nms_case(g)
         inputs = (boxes.clone(), scores.clone(), classes.clone())
-        kept = nms(boxes, scores, classes, iou_t, score_t, max_det)
-        expected = reference_nms(boxes, scores, classes, iou_t, score_t, max_det)
+        kept = nms(boxes, scores, classes, iou_t, score_t, max_det, max_cand)
+        expected = reference_nms(boxes, scores, classes, iou_t, score_t, max_det, max_cand)
         assert kept.dtype == torch.int64
         assert kept.tolist() == expected, f"case {case}"
         for before, after in zip(inputs, (boxes, scores, classes), strict=True):
@@ -445,6 +449,7 @@ def test_nms_empty_results_are_typed(score_threshold):
         ({"iou_threshold": 1.5}, "iou_threshold"),
         ({"iou_threshold": 0.5, "score_threshold": -0.1}, "score_threshold"),
         ({"iou_threshold": 0.5, "max_detections": -1}, "max_detections"),
+        ({"iou_threshold": 0.5, "max_candidates": -1}, "max_candidates"),
     ],
 )
 def test_nms_argument_errors(kwargs, match):
@@ -481,10 +486,11 @@ def test_torchvision_batched_nms_runs_against_reference():
 def test_nms_on_cuda_matches_reference():
     g = torch.Generator().manual_seed(8)
     for _ in range(20):
-        boxes, scores, classes, iou_t, score_t, max_det = random_nms_case(g)
-        kept = nms(boxes.cuda(), scores.cuda(), classes.cuda(), iou_t, score_t, max_det)
+        boxes, scores, classes, iou_t, score_t, max_det, max_cand = random_nms_case(g)
+        args = (iou_t, score_t, max_det, max_cand)
+        kept = nms(boxes.cuda(), scores.cuda(), classes.cuda(), *args)
         assert kept.device.type == "cuda" and kept.dtype == torch.int64
-        assert kept.cpu().tolist() == reference_nms(boxes, scores, classes, iou_t, score_t, max_det)
+        assert kept.cpu().tolist() == reference_nms(boxes, scores, classes, *args)
     empty = nms(
         torch.zeros(0, 4, device="cuda"),
         torch.zeros(0, device="cuda"),

@@ -3,6 +3,7 @@
     uv run python bench/bench_server.py                       # the shipped 'digits' model
     uv run python bench/bench_server.py --random-model 320    # random weights, input 320
     uv run python bench/bench_server.py --concurrency 32 --duration 20 --device cuda
+    uv run python bench/bench_server.py --backend onnxruntime  # the model exported to ONNX
 
 1. Load: for batching on (``--max-batch``, ``--max-delay-ms``) and off (``--max-batch 1``),
    start ``python -m server`` serving one model, run ``--concurrency`` clients, each
@@ -98,9 +99,17 @@ def random_model(folder: Path, input_size: int) -> Path:
 class ServerProcess:
     """``python -m server`` serving the models of one folder, on free ports."""
 
-    def __init__(self, models: Path, device: str, max_batch: int, max_delay_ms: float, queue: int):
+    def __init__(
+        self,
+        models: Path,
+        device: str,
+        max_batch: int,
+        max_delay_ms: float,
+        queue: int,
+        backend: str = "torch",
+    ):
         args = [sys.executable, "-m", "server", "--models", str(models), "--host", "127.0.0.1"]
-        args += ["--port", "0", "--metrics-port", "0", "--device", device]
+        args += ["--port", "0", "--metrics-port", "0", "--device", device, "--backend", backend]
         args += ["--max-batch", str(max_batch), "--max-delay-ms", str(max_delay_ms)]
         args += ["--max-queue", str(queue)]
         self.proc = subprocess.Popen(
@@ -162,7 +171,7 @@ async def run_load(address: str, payload, concurrency: int, duration: float, cap
 
 def load_test(args, models: Path, payload, mode: str, max_batch: int) -> LoadResult:
     queue = max(args.concurrency, BatcherConfig().max_queue)
-    server = ServerProcess(models, args.device, max_batch, args.max_delay_ms, queue)
+    server = ServerProcess(models, args.device, max_batch, args.max_delay_ms, queue, args.backend)
     try:
         latencies, seconds = asyncio.run(
             run_load(server.address, payload, args.concurrency, args.duration, args.max_requests)
@@ -173,14 +182,16 @@ def load_test(args, models: Path, payload, mode: str, max_batch: int) -> LoadRes
     return LoadResult(mode, len(latencies), seconds, latencies, mean_batch)
 
 
-def overhead(model_path: Path, image: np.ndarray, device: str, calls: int) -> tuple[float, float]:
+def overhead(
+    model_path: Path, image: np.ndarray, device: str, calls: int, backend: str = "torch"
+) -> tuple[float, float]:
     """p50 seconds of ``Detector.detect`` and of one Detect call, both in this process.
 
     The two are interleaved call by call, so that a change in the machine's load hits
     both alike; ``Detector.detect`` runs in a worker thread, as the server's forward does
     (torch's CPU thread pool behaves differently from the main thread).
     """
-    detector = Detector.load(model_path, device)
+    detector = Detector.load(model_path, device, backend)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -223,7 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", default="640x480", help="WxH of the test image")
     parser.add_argument("--encoding", choices=("jpeg", "raw"), default="jpeg")
     parser.add_argument("--overhead-calls", type=int, default=50)
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime"),
+        default="torch",
+        help="onnxruntime: the model is exported to ONNX first and served from that (CPU)",
+    )
     args = parser.parse_args(argv)
+    if args.backend == "onnxruntime" and args.device == "auto":
+        args.device = "cpu"  # as Detector.load and the server do for this backend
 
     width, height = (int(v) for v in args.image_size.lower().split("x"))
     image = make_image(width, height)
@@ -234,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             model_path = shutil.copy(resolve_model_path(args.model), folder)
         model_path = Path(model_path)
+        if args.backend == "onnxruntime":
+            from detector.export import export_model
+
+            exported = export_model(model_path, "onnx", folder / f"{model_path.stem}.onnx")
+            model_path.unlink()  # the folder serves the .onnx file only
+            model_path = Path(exported)
         if args.encoding == "jpeg":
             bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
             sent = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
@@ -242,13 +267,16 @@ def main(argv: list[str] | None = None) -> int:
         payload = request_to_proto(sent)
         print(
             f"model {model_path.stem}, image {width}x{height} sent as {args.encoding}, "
-            f"{args.concurrency} clients x {args.duration:g} s per mode, device {args.device}"
+            f"{args.concurrency} clients x {args.duration:g} s per mode, device {args.device}, "
+            f"backend {args.backend}"
         )
         results = [
             load_test(args, folder, payload, f"batching on (max {args.max_batch})", args.max_batch),
             load_test(args, folder, payload, "batching off (max 1)", 1),
         ]
-        direct_s, remote_s = overhead(model_path, image, args.device, args.overhead_calls)
+        direct_s, remote_s = overhead(
+            model_path, image, args.device, args.overhead_calls, args.backend
+        )
 
     print(f"\n{'mode':<24} {'requests':>9} {'img/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'batch':>6}")
     for r in results:

@@ -17,8 +17,9 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
 
     Two places count as "directly follows": a module with ``conv`` and ``bn`` children
     (:class:`~detector.models.layers.ConvBlock`, whose forward applies them in that
-    order) and consecutive children of an ``nn.Sequential`` (which runs in order). The
-    folded BatchNorm becomes ``nn.Identity``. The model must be in eval mode.
+    order; its ``bn`` becomes None) and consecutive children of an ``nn.Sequential``
+    (which runs in order; the BatchNorm becomes ``nn.Identity``). The model must be in
+    eval mode.
 
     Returns:
         ``model``, for chaining.
@@ -32,7 +33,7 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
         conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
         if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
             module.conv = fuse_conv_bn_eval(conv, bn)
-            module.bn = nn.Identity()
+            module.bn = None  # ConvBlock skips it
         if isinstance(module, nn.Sequential):
             names = list(module._modules)
             for first, second in zip(names, names[1:], strict=False):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class ConvBlock(nn.Module):
@@ -12,11 +13,13 @@ class ConvBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel: int = 1, stride: int = 1):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels, eps=1e-3, momentum=0.03)
-        self.act = nn.SiLU(inplace=True)
+        self.bn: nn.Module | None = nn.BatchNorm2d(out_channels, eps=1e-3, momentum=0.03)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        x = self.conv(x)
+        if self.bn is not None:  # None once folded into conv (detector.models.fuse)
+            x = self.bn(x)
+        return F.silu(x, inplace=True)  # a function, not a module: no module call per block
 
 
 class Bottleneck(nn.Module):

@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -97,6 +98,23 @@ class Server:
         port = re.search(r"on 127\.0\.0\.1:(\d+)", text).group(1)
         self.address = f"{HOST}:{port}"
         self.metrics_url = re.search(r"metrics on (http://\S+)", text).group(1)
+        # Drain the server's output: a pipe nobody reads fills up (64 KiB) and blocks
+        # whichever server thread writes next (this hung the soak's server once).
+        self._drain = threading.Thread(target=self._read_output, daemon=True)
+        self._drain.start()
+
+    def _read_output(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def log_problems(self) -> collections.Counter:
+        """Lines of the server's output that are warnings, errors or tracebacks."""
+        found = collections.Counter()
+        for line in self.lines:
+            for word in ("WARNING", "ERROR", "Traceback", "libpng", "Corrupt JPEG"):
+                if word in line:
+                    found[word] += 1
+        return found
 
     def rss_mib(self) -> tuple[float, float]:
         """(current, peak) resident memory of the server process, MiB."""
@@ -440,6 +458,8 @@ def main() -> None:
         phases.append(asyncio.run(small_queue_stream(models)))
         phases.append(asyncio.run(sigterm_under_load(models)))
     print_table(phases)
+    problems = dict(server.log_problems()) or "none"
+    print(f"- server output of the main phases, warning/error/traceback lines: {problems}")
 
 
 if __name__ == "__main__":

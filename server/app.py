@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from proto.detector.v1 import detector_pb2 as pb
 from server.batcher import Batcher
 from server.config import ServerConfig
-from server.images import DecodeBudget
+from server.images import DecodeBudget, silence_codec_logs
 from server.metrics import ServerMetrics
 from server.repository import ModelRepository
 from server.security import TokenAuthInterceptor, read_token_file, server_credentials
@@ -93,6 +93,7 @@ async def create_server(
     Must run on the event loop that will serve the calls.
     """
     config = config or ServerConfig()
+    silence_codec_logs()  # bad images are answered INVALID_ARGUMENT, not logged per call
     interceptors = []
     if config.auth_token_file is not None:
         interceptors.append(TokenAuthInterceptor(read_token_file(config.auth_token_file)))

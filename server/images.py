@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -36,6 +37,7 @@ from server.config import DEFAULT_MAX_PIXELS
 RAW_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_CHUNK_OVERHEAD = 12  # a chunk's length (4), type (4) and CRC (4) around its data
 JPEG_SIGNATURE = b"\xff\xd8"
 BMP_SIGNATURE = b"BM"
 RIFF_SIGNATURE, WEBP_SIGNATURE = b"RIFF", b"WEBP"
@@ -54,6 +56,20 @@ JPEG_REDUCED_FLAGS = {
     8: cv2.IMREAD_REDUCED_COLOR_8,
 }
 SMALL_DECODE_PIXELS = 2048 * 2048  # images this small are decoded without waiting for budget
+
+
+def silence_codec_logs() -> None:
+    """Turn off OpenCV's own log lines (process-wide; the server calls it once).
+
+    The server reports every image problem itself, as :class:`ImageError`; OpenCV also
+    writes a line to stderr for each truncated or malformed PNG, one per bad request,
+    without bound. On a server whose stderr is a pipe that nobody drains, ~700 of them
+    filled the pipe and the decode threads blocked writing the next one: the server
+    stopped answering (seen in ``bench/soak_server.py``'s malformed-input phase).
+    libjpeg's "Corrupt JPEG data" warning for a damaged JPEG that still decodes does not
+    go through OpenCV's log and still prints.
+    """
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 class ImageError(ValueError):
@@ -281,6 +297,8 @@ def _decode_encoded(data: bytes, max_pixels: int, flags: int = cv2.IMREAD_COLOR)
     if width < 1 or height < 1:
         raise ImageError(f"{fmt} header gives an empty image: {width}x{height}")
     _check_pixels(width, height, max_pixels)
+    if fmt == "PNG":
+        _check_png_chunks(data)
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if bgr is None:
         raise ImageError(
@@ -302,6 +320,28 @@ def _png_size(data: bytes) -> tuple[int, int]:
         raise _truncated("PNG", data)
     width, height = struct.unpack(">II", data[16:header_end])
     return width, height
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Walk a PNG's chunks (length, type, data, CRC) up to IEND, checking each CRC: a
+    truncated or damaged file is refused here, cheaply, instead of by libpng, which also
+    writes a line to stderr for each one."""
+    i = len(PNG_SIGNATURE)
+    while i + PNG_CHUNK_OVERHEAD <= len(data):
+        (length,) = struct.unpack(">I", data[i : i + 4])
+        end = i + PNG_CHUNK_OVERHEAD + length
+        if end > len(data):
+            break
+        kind = data[i + 4 : i + 8]
+        (crc,) = struct.unpack(">I", data[end - 4 : end])
+        if zlib.crc32(data[i + 4 : end - 4]) != crc:
+            raise ImageError(
+                f"corrupt PNG image: the CRC of its {kind!r} chunk at byte {i} does not match"
+            )
+        if kind == b"IEND":
+            return
+        i = end
+    raise ImageError(f"PNG image is truncated: its {len(data)} bytes end before the IEND chunk")
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:

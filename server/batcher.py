@@ -4,7 +4,9 @@ A request's life, all on one asyncio event loop:
 
 1. :meth:`Batcher.submit` admits it, or refuses at once with ``QueueFullError`` when
    ``max_queue`` requests are already waiting (decoding or queued) -- or, with
-   ``wait=True`` (streams), waits for room, which is how a stream applies backpressure;
+   ``wait=True`` (streams), waits for room, which is how a stream applies backpressure
+   (waiting callers get each freed place first, but hold at most 3/4 of the queue: the
+   rest stays for unary calls, see ``UNARY_RESERVE``);
    with a deadline it is refused at once (``DeadlineExpiredError``) when the queue's
    expected wait (from the measured time per batch) is longer than the time left;
 2. its image is decoded and letterboxed in a thread pool shared by all models, so many
@@ -64,6 +66,10 @@ from server.images import (
 log = logging.getLogger(__name__)
 
 MS_PER_S = 1000.0
+# The share of the queue that waiting callers (stream frames) leave to callers that do
+# not wait (unary calls): without it, a soak of 16 streams beside 16 unary clients let 5
+# unary calls of 5,584 in. A queue of fewer than 4 places is all the streams'.
+UNARY_RESERVE = 0.25
 BATCH_TIME_SMOOTHING = 0.2  # weight of the newest batch in the moving average of image time
 
 
@@ -148,6 +154,7 @@ class _Pending:
     deadline: float | None  # time.monotonic() seconds
     decode_s: float
     future: asyncio.Future[BatchResult]
+    waited: bool = False  # submitted with wait=True (a stream's frame)
     queued_at: float = field(default_factory=time.monotonic)
 
 
@@ -179,6 +186,7 @@ class Batcher:
         self._device_pool = ThreadPoolExecutor(1, thread_name_prefix=f"device-{model.name}")
         self._queue: deque[_Pending] = deque()
         self._decoding = 0
+        self._decoding_waited = 0  # of those decoding, the ones submitted with wait=True
         self._wakeup = asyncio.Event()
         self._room_waiters: deque[asyncio.Future[None]] = deque()  # submit(wait=True) callers
         self._granted = 0  # waiters woken with room kept for them, not yet admitted
@@ -261,6 +269,7 @@ class Batcher:
             raise
         loop = asyncio.get_running_loop()
         self._decoding += 1
+        self._decoding_waited += wait
         if admitted is not None and not admitted.done():
             admitted.set_result(None)
         self._observer.queue_depth(self.depth)
@@ -279,14 +288,17 @@ class Batcher:
             if isinstance(err, asyncio.CancelledError):
                 self._observer.dropped(DROP_CANCELLED)
             self._decoding -= 1
+            self._decoding_waited -= wait
             self._left_before_queueing()
             raise
         self._decoding -= 1
+        self._decoding_waited -= wait
         self._observer.decoded(decode_s)
         if deadline is not None and time.monotonic() >= deadline:
             self._left_before_queueing()
             self._check_deadline(deadline)
-        item = _Pending(letterboxed, letterbox, options, deadline, decode_s, loop.create_future())
+        future = loop.create_future()
+        item = _Pending(letterboxed, letterbox, options, deadline, decode_s, future, waited=wait)
         self._queue.append(item)
         self._observer.queue_depth(self.depth)
         self._wakeup.set()
@@ -303,7 +315,7 @@ class Batcher:
     def _check_admission(self, deadline: float | None) -> None:
         if self._closing:
             raise BatcherClosedError(f"model {self.model.name!r} is shutting down")
-        if self.depth + self._granted >= self.config.max_queue:
+        if self.depth + self._granted >= self.config.max_queue:  # a waiter's room is kept
             self._observer.dropped(DROP_QUEUE_FULL)
             raise QueueFullError(
                 f"model {self.model.name!r} has {self.depth} requests waiting "
@@ -322,9 +334,7 @@ class Batcher:
     async def _wait_for_room(self) -> None:
         """Wait until the queue has room (or the batcher closes), first come first served:
         :meth:`_wake_room_waiters` keeps the room for the waiter it wakes."""
-        if self._closing or (
-            not self._room_waiters and self.depth + self._granted < self.config.max_queue
-        ):
+        if self._closing or (not self._room_waiters and self._room_for_a_waiter()):
             return
         waiter = asyncio.get_running_loop().create_future()
         self._room_waiters.append(waiter)
@@ -339,11 +349,22 @@ class Batcher:
             raise
         self._granted -= 1  # the caller is admitted before its next await
 
+    def _room_for_a_waiter(self) -> bool:
+        """Whether a waiting caller (a stream's frame) may enter now: the queue has room,
+        and the requests of waiting callers in it (with the room kept for woken ones)
+        hold less than all of it but ``UNARY_RESERVE``. So unary calls always find that
+        share of the queue free of stream frames (streams first in line starved them),
+        while stream frames, woken first whenever a place frees, take any place unary
+        calls leave, however full of unary calls the queue is."""
+        max_queue = self.config.max_queue
+        if self.depth + self._granted >= max_queue:
+            return False
+        waited = self._decoding_waited + sum(item.waited for item in self._queue)
+        return waited + self._granted < max_queue - int(max_queue * UNARY_RESERVE)
+
     def _wake_room_waiters(self) -> None:
         """Wake as many waiters for room as there is room (all of them when closing)."""
-        while self._room_waiters and (
-            self._closing or self.depth + self._granted < self.config.max_queue
-        ):
+        while self._room_waiters and (self._closing or self._room_for_a_waiter()):
             waiter = self._room_waiters.popleft()
             if not waiter.done():  # not cancelled meanwhile
                 waiter.set_result(None)

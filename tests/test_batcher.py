@@ -641,3 +641,72 @@ def test_a_large_jpeg_is_decoded_reduced_and_answered_in_original_pixels():
     assert seen_shapes == [(75, 125, 3)]  # 1/8: the long side still >= INPUT_SIZE
     assert result.detections.image_size == (height, width)
     np.testing.assert_allclose(result.detections.boxes, [[0, 0, width, height]])
+
+
+def test_waiting_callers_leave_a_quarter_of_the_queue_to_unary_calls():
+    """With max_queue 8, stream frames (wait=True) stop entering at 6 queued requests;
+    unary calls still get the last 2 places, then QueueFullError."""
+    model = FakeModel()
+    model.gate.clear()
+
+    async def main():
+        async with open_batcher(model, max_batch=1, max_delay_ms=0, max_queue=8) as batcher:
+            try:
+                running = asyncio.ensure_future(batcher.submit(image(1), LOW))
+                await wait_until(model.running.is_set)
+                streamed = [
+                    asyncio.ensure_future(batcher.submit(image(v), LOW, wait=True))
+                    for v in range(2, 9)
+                ]
+                await wait_until(lambda: batcher.queued == 6)
+                await asyncio.sleep(0.1)
+                assert batcher.depth == 6  # 8 - 8 // 4 queued behind the running one; 1 waits
+                unary = [asyncio.ensure_future(batcher.submit(image(v), LOW)) for v in (20, 21)]
+                await wait_until(lambda: batcher.queued == 8)
+                with pytest.raises(QueueFullError):
+                    await batcher.submit(image(22), LOW)
+                model.gate.set()
+                results = await asyncio.gather(running, *streamed, *unary)
+                return sorted(round(r.detections.scores[0] * 255) for r in results)
+            finally:
+                model.gate.set()
+
+    assert run(main()) == [1, 2, 3, 4, 5, 6, 7, 8, 20, 21]
+
+
+def test_waiting_callers_take_places_unary_calls_free_however_full_of_them_the_queue_is():
+    """The unary reserve counts stream frames, not the whole queue: with max_queue 8 full
+    of unary calls and two stream frames waiting, each place a unary call frees goes to a
+    waiting frame (not to the next unary call), up to the streams' 6 of 8."""
+    model = FakeModel()
+    model.gate.clear()
+
+    async def main():
+        async with open_batcher(model, max_batch=1, max_delay_ms=0, max_queue=8) as batcher:
+            try:
+                running = asyncio.ensure_future(batcher.submit(image(1), LOW))
+                await wait_until(model.running.is_set)
+                unary = [asyncio.ensure_future(batcher.submit(image(v), LOW)) for v in range(2, 10)]
+                await wait_until(lambda: batcher.queued == 8)
+                admitted = [asyncio.get_running_loop().create_future() for _ in range(2)]
+                streamed = [
+                    asyncio.ensure_future(batcher.submit(image(v), LOW, wait=True, admitted=a))
+                    for v, a in zip((20, 21), admitted, strict=True)
+                ]
+                await asyncio.sleep(0.05)
+                assert not any(a.done() for a in admitted)  # the queue is full
+                for call in unary[:2]:  # two unary callers leave: two places free
+                    call.cancel()
+                await asyncio.wait(admitted, timeout=WAIT_S)
+                taken = all(a.done() for a in admitted)
+                with pytest.raises(QueueFullError):  # the frames took both places
+                    await batcher.submit(image(30), LOW)
+                model.gate.set()
+                results = await asyncio.gather(running, *unary[2:], *streamed)
+                return taken, sorted(round(r.detections.scores[0] * 255) for r in results)
+            finally:
+                model.gate.set()
+
+    taken, values = run(main())
+    assert taken
+    assert values == [1, 4, 5, 6, 7, 8, 9, 20, 21]

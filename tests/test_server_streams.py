@@ -69,15 +69,19 @@ def test_a_stream_waits_for_room_in_a_full_queue_instead_of_failing(gated):
             async with grpc.aio.insecure_channel(address) as channel:
                 stub = pb_grpc.DetectorServiceStub(channel)
                 stream = stub.StreamDetect(iter(frames(FRAMES)))
-                # one frame runs (held by the gate), four fill the queue, the rest wait
-                await wait_until(lambda: gated.running.is_set() and batcher.depth == 4)
+                # one frame runs (held by the gate), three fill the stream's part of the
+                # queue (a quarter is kept for unary calls), the rest wait
+                await wait_until(lambda: gated.running.is_set() and batcher.depth == 3)
                 await asyncio.sleep(0.2)  # time in which a failing stream would have failed
-                assert batcher.depth == 4
-                with pytest.raises(grpc.aio.AioRpcError) as refused:  # unary: refused at once
+                assert batcher.depth == 3
+                unary = asyncio.ensure_future(stub.Detect(frames(1)[0], timeout=WAIT_S))
+                await wait_until(lambda: batcher.depth == 4)  # the unary call took the last place
+                with pytest.raises(grpc.aio.AioRpcError) as refused:  # then: refused at once
                     await stub.Detect(frames(1)[0], timeout=WAIT_S)
                 gated.gate.set()
                 answers = [answer async for answer in stream]
                 code = await stream.code()
+                await unary
             return answers, code, refused.value.code(), batcher.images_run
 
     answers, code, refused, images_run = run(main())
@@ -85,7 +89,7 @@ def test_a_stream_waits_for_room_in_a_full_queue_instead_of_failing(gated):
     assert [a.request_id for a in answers] == [str(i) for i in range(FRAMES)]
     assert all(len(a.detections) > 0 for a in answers)
     assert refused == Code.RESOURCE_EXHAUSTED
-    assert images_run == FRAMES
+    assert images_run == FRAMES + 1
 
 
 def test_many_streams_next_to_unary_clients_are_all_answered(model_dir):

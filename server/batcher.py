@@ -60,6 +60,7 @@ from server.images import (
     ImageSource,
     decode_reduced,
     decoded_pixels,
+    encoded_pixels,
     original_letterbox,
 )
 
@@ -166,8 +167,9 @@ class Batcher:
         config: batching settings.
         decode_pool: threads that decode and letterbox images (may be shared).
         observer: receives measurements; :class:`NullObserver` by default.
-        decode_budget: bounds the pixels of large images decoded at once (may be shared,
-            with the pool); None: no bound beyond the pool's threads.
+        decode_budget: decodes large images, in threads of its own at a lower priority,
+            and bounds their pixels decoded at once (may be shared, with the pool);
+            None: every image is decoded in ``decode_pool``.
     """
 
     def __init__(
@@ -275,14 +277,16 @@ class Batcher:
         self._observer.queue_depth(self.depth)
         try:
             start = time.monotonic()
-            if self._decode_budget is None:
-                hold = contextlib.nullcontext()
+            budget = self._decode_budget
+            full = encoded_pixels(image)  # above the limit: refused at once, in the pool
+            if budget is not None and budget.is_large(full) and full <= self.config.max_pixels:
+                pixels = decoded_pixels(image, self.model.input_size)
+                prepared = await budget.run(pixels, self._prepare, image, deadline)
             else:
-                hold = self._decode_budget.hold(decoded_pixels(image, self.model.input_size))
-            async with hold:
-                letterboxed, letterbox = await loop.run_in_executor(
+                prepared = await loop.run_in_executor(
                     self._decode_pool, self._prepare, image, deadline
                 )
+            letterboxed, letterbox = prepared
             decode_s = time.monotonic() - start
         except BaseException as err:
             if isinstance(err, asyncio.CancelledError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -30,7 +32,7 @@ from server.errors import (
     InferenceError,
     QueueFullError,
 )
-from server.images import ImageError, RawPixels
+from server.images import DecodeBudget, ImageError, RawPixels
 
 INPUT_SIZE = 32
 POISON = 13  # fill value of an image that makes the fake model fail
@@ -710,3 +712,65 @@ def test_waiting_callers_take_places_unary_calls_free_however_full_of_them_the_q
     taken, values = run(main())
     assert taken
     assert values == [1, 4, 5, 6, 7, 8, 9, 20, 21]
+
+
+LARGE_SIDE, SMALL_SIDE = 60, 8  # PNG sides of a "large" and a small image for a DecodeBudget
+SMALL_PIXELS = 2000  # the budget's bound on small images
+JPEG_SIDE = 8 * INPUT_SIZE  # decoded at 1/8: INPUT_SIZE**2 pixels (small), but costs as large
+
+
+def png(value: int, side: int) -> bytes:
+    return cv2.imencode(".png", np.full((side, side, 3), value, np.uint8))[1].tobytes()
+
+
+def test_small_images_are_decoded_while_a_large_one_is_and_large_ones_at_lower_priority():
+    """A large image (a PNG bomb) is decoded in the budget's own thread, at a lower CPU
+    priority (Linux): with ONE decode thread for small images and a large decode in
+    progress, small images are still answered; the large one is answered after. A large
+    JPEG goes there too, though decoded reduced to few pixels (it costs by its full size)."""
+    model = FakeModel()
+    preprocess = model.preprocess
+    large_started, release = threading.Event(), threading.Event()
+    niceness = {}
+
+    def held_preprocess(im: np.ndarray):
+        thread = threading.get_native_id()
+        niceness[im.shape[0]] = os.getpriority(os.PRIO_PROCESS, thread)
+        if im.shape[0] == LARGE_SIDE:
+            large_started.set()
+            assert release.wait(WAIT_S)
+        return preprocess(im)
+
+    model.preprocess = held_preprocess
+
+    async def main():
+        pool = ThreadPoolExecutor(1)
+        budget = DecodeBudget(max_pixels=10 * LARGE_SIDE**2, small_pixels=SMALL_PIXELS)
+        batcher = Batcher(
+            model, BatcherConfig(max_batch=4, max_delay_ms=0), pool, decode_budget=budget
+        )
+        batcher.start()
+        try:
+            large = asyncio.ensure_future(batcher.submit(png(1, LARGE_SIDE), LOW))
+            await asyncio.to_thread(large_started.wait, WAIT_S)
+            small = [batcher.submit(png(v, SMALL_SIDE), LOW) for v in (2, 3, 4)]
+            done, _ = await asyncio.wait([asyncio.ensure_future(c) for c in small], timeout=WAIT_S)
+            answered = sorted(round(t.result().detections.scores[0] * 255) for t in done)
+            large_waiting = not large.done()
+            release.set()
+            answered.append(round((await large).detections.scores[0] * 255))
+            jpeg = cv2.imencode(".jpg", np.full((JPEG_SIDE, JPEG_SIDE, 3), 5, np.uint8))[1]
+            result = await batcher.submit(jpeg.tobytes(), LOW)
+            answered.append(round(result.detections.scores[0] * 255))
+            return answered, large_waiting
+        finally:
+            release.set()
+            await batcher.close()
+            pool.shutdown()
+            budget.shutdown()
+
+    answered, large_waiting = run(main())
+    assert large_waiting and answered == [2, 3, 4, 1, 5]
+    if sys.platform.startswith("linux"):
+        assert niceness[LARGE_SIDE] > niceness[SMALL_SIDE] == os.getpriority(os.PRIO_PROCESS, 0)
+        assert niceness[INPUT_SIZE] == niceness[LARGE_SIDE]  # the reduced JPEG's decode

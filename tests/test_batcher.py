@@ -585,7 +585,8 @@ def test_a_request_the_queue_would_make_late_is_refused_at_once():
                 await wait_until(model.running.is_set)
                 queued = [asyncio.ensure_future(batcher.submit(image(v), LOW)) for v in (3, 4)]
                 await wait_until(lambda: batcher.queued == 2)
-                assert batcher.expected_wait_s() == pytest.approx(3.0)
+                # what is left of the running batch (about 1 s), 2 queued, itself
+                assert batcher.expected_wait_s() == pytest.approx(4.0, abs=0.2)
                 with pytest.raises(DeadlineExpiredError, match="ms to an answer"):
                     await batcher.submit(image(5), LOW, time.monotonic() + 2.0)
                 model.gate.set()
@@ -774,3 +775,41 @@ def test_small_images_are_decoded_while_a_large_one_is_and_large_ones_at_lower_p
     if sys.platform.startswith("linux"):
         assert niceness[LARGE_SIDE] > niceness[SMALL_SIDE] == os.getpriority(os.PRIO_PROCESS, 0)
         assert niceness[INPUT_SIZE] == niceness[LARGE_SIDE]  # the reduced JPEG's decode
+
+
+def test_a_batch_grows_only_while_it_can_end_before_its_requests_deadlines():
+    """At 10 s per image (pretended; about 8 s once the first fast batch is averaged in),
+    requests with 20 s left make a batch of 2, not 3: a third image would end it after
+    their deadlines; the third runs in the next batch. A request with 5 s left, less than
+    one image's time, is not run at all."""
+    model = FakeModel()
+    model.gate.clear()
+
+    async def main():
+        async with open_batcher(model, max_batch=4, max_delay_ms=0) as batcher:
+            try:
+                running = asyncio.ensure_future(batcher.submit(image(1), LOW))
+                await wait_until(model.running.is_set)
+                now = time.monotonic()
+                deadlines = {2: now + 20, 3: now + 20, 4: now + 5, 5: now + 100}
+                queued = [
+                    asyncio.ensure_future(batcher.submit(image(v), LOW, deadline))
+                    for v, deadline in deadlines.items()
+                ]
+                await wait_until(lambda: batcher.queued == 4)
+                batcher._image_s = 10.0  # pretend each image takes 10 s
+                model.gate.set()
+                return await asyncio.gather(running, *queued, return_exceptions=True)
+            finally:
+                model.gate.set()
+
+    outcomes = run(main())
+    assert isinstance(outcomes[3], DeadlineExpiredError)  # the 5 s one
+    assert "could not finish before its deadline" in str(outcomes[3])
+    assert [round(o.detections.scores[0] * 255) for i, o in enumerate(outcomes) if i != 3] == [
+        1,
+        2,
+        3,
+        5,
+    ]
+    assert model.batches == [1, 2, 1]

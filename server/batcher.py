@@ -71,7 +71,7 @@ MS_PER_S = 1000.0
 # not wait (unary calls): without it, a soak of 16 streams beside 16 unary clients let 5
 # unary calls of 5,584 in. A queue of fewer than 4 places is all the streams'.
 UNARY_RESERVE = 0.25
-BATCH_TIME_SMOOTHING = 0.2  # weight of the newest batch in the moving average of image time
+BATCH_TIME_SMOOTHING = 0.2  # weight of the newest batch in the moving average of its size
 
 
 class BatchModel(Protocol):
@@ -192,7 +192,11 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._room_waiters: deque[asyncio.Future[None]] = deque()  # submit(wait=True) callers
         self._granted = 0  # waiters woken with room kept for them, not yet admitted
-        self._image_s: float | None = None  # moving average of device time per image
+        # Moving average of the device time of a batch, per batch size: a forward has a
+        # fixed cost, so an average per image taken from small batches overestimated
+        # large ones, and deadline-aware batching then shrank batches further (under 4x
+        # overload with 150 ms deadlines they fell to 1.1 images).
+        self._batch_time: dict[int, float] = {}
         self._running_until = 0.0  # time.monotonic() the running batch should end at
         self._closing = False
         self._worker: asyncio.Task[None] | None = None
@@ -220,10 +224,11 @@ class Batcher:
         is left of the batch running now, then the requests ahead of it and itself, at
         the measured device time per image (batches share the cost of a forward, so
         this is what the queue drains at); None before the first batch."""
-        if self._image_s is None:
+        if not self._batch_time:
             return None
         running = max(0.0, self._running_until - time.monotonic())
-        return running + (self.depth + 1) * self._image_s
+        full, rest = divmod(self.depth + 1, self.config.max_batch)
+        return running + full * self._batch_s(self.config.max_batch) + self._batch_s(rest)
 
     async def close(self) -> None:
         """Admit nothing more, run what was admitted, then stop the worker; callers
@@ -453,8 +458,24 @@ class Batcher:
         return batch
 
     def _batch_s(self, size: int) -> float:
-        """Expected device time of a batch of ``size`` images (0 before the first batch)."""
-        return 0.0 if self._image_s is None else size * self._image_s
+        """Expected device time of a batch of ``size`` images, from the moving averages
+        per size: the one of that size, else interpolated between the nearest sizes
+        measured below and above; beyond the largest, scaled up from it in proportion;
+        below the smallest, the smallest's (both err on the long side). 0 for ``size`` 0
+        and before the first batch."""
+        times = self._batch_time
+        if size == 0 or not times:
+            return 0.0
+        if size in times:
+            return times[size]
+        below = max((m for m in times if m < size), default=None)
+        above = min((m for m in times if m > size), default=None)
+        if above is None:
+            return times[below] * size / below
+        if below is None:
+            return times[above]
+        share = (size - below) / (above - below)
+        return times[below] + share * (times[above] - times[below])
 
     def _finishes_in_time(self, batch: list[_Pending], start: float) -> bool:
         """Whether ``batch``, started at ``start``, is expected to end before the
@@ -481,9 +502,8 @@ class Batcher:
         if ran:
             self.images_run += ran
             self.batches_run += 1
-            image_s = inference_s / ran
-            smoothed = self._image_s if self._image_s is not None else image_s
-            self._image_s = smoothed + BATCH_TIME_SMOOTHING * (image_s - smoothed)
+            smoothed = self._batch_time.get(ran, inference_s)
+            self._batch_time[ran] = smoothed + BATCH_TIME_SMOOTHING * (inference_s - smoothed)
             queue_s = [start - item.queued_at for item in batch]
             self._observer.batch(ran, inference_s, queue_s)
         for item, outcome in zip(batch, outcomes, strict=True):

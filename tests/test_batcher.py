@@ -25,7 +25,7 @@ from detector.models.yolo import YOLODetector
 from detector.predict import Detector
 from detector.settings import Detections, DetectOptions
 from server import batcher as batcher_module
-from server.batcher import Batcher, BatcherConfig
+from server.batcher import Batcher, BatcherConfig, BatchResult
 from server.errors import (
     BatcherClosedError,
     DeadlineExpiredError,
@@ -578,7 +578,7 @@ def test_a_request_the_queue_would_make_late_is_refused_at_once():
     async def main():
         async with open_batcher(model, max_batch=1, max_delay_ms=0) as batcher:
             await batcher.submit(image(1), LOW)  # measures the time per batch
-            batcher._image_s = 1.0  # pretend each image takes a second
+            batcher._batch_time = {1: 1.0}  # pretend each image takes a second
             model.gate.clear()
             try:
                 running = asyncio.ensure_future(batcher.submit(image(2), LOW))
@@ -797,7 +797,7 @@ def test_a_batch_grows_only_while_it_can_end_before_its_requests_deadlines():
                     for v, deadline in deadlines.items()
                 ]
                 await wait_until(lambda: batcher.queued == 4)
-                batcher._image_s = 10.0  # pretend each image takes 10 s
+                batcher._batch_time = {1: 10.0}  # pretend each image takes 10 s
                 model.gate.set()
                 return await asyncio.gather(running, *queued, return_exceptions=True)
             finally:
@@ -813,3 +813,52 @@ def test_a_batch_grows_only_while_it_can_end_before_its_requests_deadlines():
         5,
     ]
     assert model.batches == [1, 2, 1]
+
+
+class FixedCostModel(FakeModel):
+    """A FakeModel whose forward takes FIXED_S plus PER_IMAGE_S per image (a sleep, so
+    the times hold on a busy machine): a large batch costs little more than a small one."""
+
+    FIXED_S, PER_IMAGE_S = 0.6, 0.06
+
+    def forward(self, batch: np.ndarray | torch.Tensor) -> FakeDecoded:
+        decoded = super().forward(batch)
+        time.sleep(self.FIXED_S + self.PER_IMAGE_S * len(decoded.values))
+        return decoded
+
+
+def test_batch_times_are_kept_per_size_so_small_batches_do_not_shrink_large_ones():
+    """Batches of 1 (0.66 s) and 4 (0.84 s) measured, then 4 requests with 1.8 s left
+    behind a running batch of 1: all are admitted (0.66 + 0.84 s) and run as ONE batch.
+    An average per image (0.66 s from the batch of 1) refused two of them at admission,
+    and would have cut the batch to 1 image, the next to 1 again, and so on."""
+    model = FixedCostModel()
+
+    async def main():
+        async with open_batcher(model, max_batch=4, max_delay_ms=0) as batcher:
+            try:
+                model.gate.clear()  # measure a batch of 1, then one of 4
+                first = asyncio.ensure_future(batcher.submit(image(1), LOW))
+                await wait_until(model.running.is_set)
+                rest = [asyncio.ensure_future(batcher.submit(image(1), LOW)) for _ in range(4)]
+                await wait_until(lambda: batcher.queued == 4)
+                model.gate.set()
+                await asyncio.gather(first, *rest)
+                model.batches.clear()
+                model.gate.clear()
+                running = asyncio.ensure_future(batcher.submit(image(1), LOW))
+                await wait_until(model.running.is_set)
+                deadline = time.monotonic() + 1.8
+                timed = [
+                    asyncio.ensure_future(batcher.submit(image(v), LOW, deadline))
+                    for v in (2, 3, 4, 5)
+                ]
+                await asyncio.sleep(0)
+                model.gate.set()
+                return await asyncio.gather(running, *timed, return_exceptions=True)
+            finally:
+                model.gate.set()
+
+    outcomes = run(main())
+    assert all(isinstance(o, BatchResult) for o in outcomes), outcomes
+    assert model.batches == [1, 4]

@@ -111,14 +111,16 @@ class Server:
         for line in self.proc.stdout:
             self.lines.append(line)
 
-    def log_problems(self) -> collections.Counter:
-        """Lines of the server's output that are warnings, errors or tracebacks."""
-        found = collections.Counter()
+    def log_problems(self) -> tuple[collections.Counter, dict[str, str]]:
+        """Lines of the server's output that are warnings, errors or tracebacks: their
+        count per kind, and the first line of each kind."""
+        found, first = collections.Counter(), {}
         for line in self.lines:
             for word in ("WARNING", "ERROR", "Traceback", "libpng", "Corrupt JPEG"):
                 if word in line:
                     found[word] += 1
-        return found
+                    first.setdefault(word, line.strip()[:200])
+        return found, first
 
     def rss_mib(self) -> tuple[float, float]:
         """(current, peak) resident memory of the server process, MiB."""
@@ -487,8 +489,10 @@ def main() -> None:
         phases.append(asyncio.run(small_queue_stream(models)))
         phases.append(asyncio.run(sigterm_under_load(models)))
     print_table(phases)
-    problems = dict(server.log_problems()) or "none"
-    print(f"- server output of the main phases, warning/error/traceback lines: {problems}")
+    problems, first = server.log_problems()
+    print(f"- server output of the main phases, warning/error/traceback lines: {dict(problems)}")
+    for word, line in first.items():
+        print(f"  - first {word} line: {line}")
 
 
 if __name__ == "__main__":

@@ -7,16 +7,20 @@ phase for ``--seconds`` (every loop is bounded in count and time):
 
 1. baseline: 2 clients back to back -> p50/p99 of a valid call (the "unloaded" figures);
 2. capacity: 16 clients back to back -> completed calls per second;
-3. malformed: bad bytes, oversized strings, bad images, raw pixels of the wrong length;
-4. overload: open-loop arrivals at 4x capacity, without and with 150 ms deadlines ->
-   goodput (answers per second) vs capacity, and images the server ran for callers who
-   had already given up (server images run - answers);
+3. overload, right after (the machine's load drifts): open-loop arrivals at 4x capacity,
+   without and with 150 ms deadlines -> goodput (answers per second) vs capacity, images
+   the server ran for callers who had already given up (server images run - answers),
+   and where the device's time went (busy share, images per batch, time per image);
+4. malformed: bad bytes, oversized strings, bad images, raw pixels of the wrong length;
 5. bombs: 8 clients sending a small PNG that decodes to 8000x8000 (and 2 a large JPEG)
    next to 2 clients of valid calls -> the valid calls' p50/p99 vs the baseline;
-6. streams: an 8-frame stream on a ``--max-queue 4`` server; 16 streams next to 16 unary
-   clients on a default server -> frames unanswered, status codes;
+6. streams: 16 streams next to 16 unary clients on a default server; an 8-frame stream
+   on a ``--max-queue 4`` server -> frames unanswered, status codes;
 7. SIGTERM while streams and unary calls run -> stream statuses, frames read but not
    answered, seconds from the signal to the process exit.
+
+The server's output is drained (and its warning/error/traceback lines counted): a pipe
+nobody reads would block the server once full.
 
 Prints one table: per phase, the status codes received, p50/p99 of valid calls, goodput,
 and the server's RSS before/after (and its peak).
@@ -33,6 +37,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -97,6 +102,25 @@ class Server:
         port = re.search(r"on 127\.0\.0\.1:(\d+)", text).group(1)
         self.address = f"{HOST}:{port}"
         self.metrics_url = re.search(r"metrics on (http://\S+)", text).group(1)
+        # Drain the server's output: a pipe nobody reads fills up (64 KiB) and blocks
+        # whichever server thread writes next (this hung the soak's server once).
+        self._drain = threading.Thread(target=self._read_output, daemon=True)
+        self._drain.start()
+
+    def _read_output(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def log_problems(self) -> tuple[collections.Counter, dict[str, str]]:
+        """Lines of the server's output that are warnings, errors or tracebacks: their
+        count per kind, and the first line of each kind."""
+        found, first = collections.Counter(), {}
+        for line in self.lines:
+            for word in ("WARNING", "ERROR", "Traceback", "libpng", "Corrupt JPEG"):
+                if word in line:
+                    found[word] += 1
+                    first.setdefault(word, line.strip()[:200])
+        return found, first
 
     def rss_mib(self) -> tuple[float, float]:
         """(current, peak) resident memory of the server process, MiB."""
@@ -105,10 +129,20 @@ class Server:
         peak = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
         return rss, peak
 
-    def images_run(self) -> float:
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples over its labels, from /metrics."""
         text = urllib.request.urlopen(self.metrics_url, timeout=10).read().decode()
-        return sum(
-            float(m) for m in re.findall(r"^detector_batch_size_sum\{[^}]*\} (\S+)", text, re.M)
+        return sum(float(m) for m in re.findall(rf"^{name}\{{[^}}]*\}} (\S+)", text, re.M))
+
+    def images_run(self) -> float:
+        return self.metric("detector_batch_size_sum")
+
+    def device_counters(self) -> tuple[float, float, float]:
+        """(seconds of batches on the device, batches, images) so far."""
+        return (
+            self.metric("detector_inference_seconds_sum"),
+            self.metric("detector_batch_size_count"),
+            self.images_run(),
         )
 
     def stop(self) -> None:
@@ -218,6 +252,17 @@ async def with_server(server: Server, body) -> None:
         await body(stub, channel)
 
 
+def device_note(
+    before: tuple[float, float, float], after: tuple[float, float, float], seconds: float
+) -> str:
+    """Where a phase's device time went: busy share, images per batch, ms per image."""
+    busy, batches, images = (b - a for a, b in zip(before, after, strict=True))
+    return (
+        f"device busy {100 * busy / seconds:.0f}% of the phase, {images / max(batches, 1):.1f} "
+        f"images per batch, {MS * busy / max(images, 1):.1f} ms of batch per image"
+    )
+
+
 async def run_main_phases(server: Server, seconds: float) -> list[Phase]:
     valid = valid_requests()
     phases: list[Phase] = []
@@ -239,8 +284,23 @@ async def run_main_phases(server: Server, seconds: float) -> list[Phase]:
         base = Phase("baseline (2 clients)")
         await timed(base, closed_loop(stub, valid, 2, seconds, base))
         capacity = Phase("capacity (16 clients)")
+        counters = server.device_counters()
         await timed(capacity, closed_loop(stub, valid, 16, seconds, capacity))
+        capacity.notes.append(device_note(counters, server.device_counters(), capacity.seconds))
         rate = OVERLOAD * capacity.ok_per_s()
+
+        for deadline, label in ((CALL_TIMEOUT_S, "no deadline"), (DEADLINE_S, "150 ms deadline")):
+            phase = Phase(f"overload {OVERLOAD}x ({rate:.0f}/s, {label})")
+            run_before = server.images_run()
+            counters = server.device_counters()
+            await timed(phase, open_loop(stub, valid, rate, seconds, phase, deadline))
+            phase.notes.append(device_note(counters, server.device_counters(), phase.seconds))
+            await asyncio.sleep(0.5)
+            wasted = server.images_run() - run_before - phase.codes["OK"]
+            phase.notes.append(
+                f"goodput {phase.ok_per_s():.1f}/s = {100 * phase.ok_per_s() / capacity.ok_per_s():.0f}% "
+                f"of capacity {capacity.ok_per_s():.1f}/s; images run for callers gone: {wasted:.0f}"
+            )
 
         bad = Phase("malformed mix (4 clients)")
         mix = malformed_requests(valid[0])
@@ -262,17 +322,6 @@ async def run_main_phases(server: Server, seconds: float) -> list[Phase]:
 
         end = time.monotonic() + seconds
         await timed(bad, asyncio.gather(*(malformed_client(i, end) for i in range(4))))
-
-        for deadline, label in ((CALL_TIMEOUT_S, "no deadline"), (DEADLINE_S, "150 ms deadline")):
-            phase = Phase(f"overload {OVERLOAD}x ({rate:.0f}/s, {label})")
-            run_before = server.images_run()
-            await timed(phase, open_loop(stub, valid, rate, seconds, phase, deadline))
-            await asyncio.sleep(0.5)
-            wasted = server.images_run() - run_before - phase.codes["OK"]
-            phase.notes.append(
-                f"goodput {phase.ok_per_s():.1f}/s = {100 * phase.ok_per_s() / capacity.ok_per_s():.0f}% "
-                f"of capacity {capacity.ok_per_s():.1f}/s; images run for callers gone: {wasted:.0f}"
-            )
 
         bombs = Phase("bombs: 8 PNG + 2 JPEG 8000x8000 clients, 2 valid")
         png, jpeg = (
@@ -440,6 +489,10 @@ def main() -> None:
         phases.append(asyncio.run(small_queue_stream(models)))
         phases.append(asyncio.run(sigterm_under_load(models)))
     print_table(phases)
+    problems, first = server.log_problems()
+    print(f"- server output of the main phases, warning/error/traceback lines: {dict(problems)}")
+    for word, line in first.items():
+        print(f"  - first {word} line: {line}")
 
 
 if __name__ == "__main__":

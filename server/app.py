@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from proto.detector.v1 import detector_pb2 as pb
 from server.batcher import Batcher
 from server.config import ServerConfig
-from server.images import DecodeBudget
+from server.images import DecodeBudget, silence_codec_logs
 from server.metrics import ServerMetrics
 from server.repository import ModelRepository
 from server.security import TokenAuthInterceptor, read_token_file, server_credentials
@@ -48,6 +48,7 @@ class DetectorServer:
         batchers: dict[str, Batcher],
         servicer: DetectorServicer,
         decode_pool: ThreadPoolExecutor,
+        decode_budget: DecodeBudget,
         metrics: ServerMetrics,
         metrics_port: int | None,
     ):
@@ -58,6 +59,7 @@ class DetectorServer:
         self.metrics = metrics
         self.metrics_port = metrics_port  # actual port of /metrics, or None
         self._decode_pool = decode_pool
+        self._decode_budget = decode_budget
         self._stopped = False
 
     async def stop(self, grace: float | None) -> None:
@@ -74,6 +76,7 @@ class DetectorServer:
         for batcher in self.batchers.values():
             await batcher.close()
         self._decode_pool.shutdown(wait=True)
+        self._decode_budget.shutdown()
         self.metrics.stop_http()
 
     async def wait_for_termination(self) -> None:
@@ -93,6 +96,7 @@ async def create_server(
     Must run on the event loop that will serve the calls.
     """
     config = config or ServerConfig()
+    silence_codec_logs()  # bad images are answered INVALID_ARGUMENT, not logged per call
     interceptors = []
     if config.auth_token_file is not None:
         interceptors.append(TokenAuthInterceptor(read_token_file(config.auth_token_file)))
@@ -144,7 +148,14 @@ async def create_server(
     for name in (OVERALL_HEALTH, SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     server = DetectorServer(
-        grpc_server, health_servicer, batchers, servicer, decode_pool, metrics, metrics_port
+        grpc_server,
+        health_servicer,
+        batchers,
+        servicer,
+        decode_pool,
+        decode_budget,
+        metrics,
+        metrics_port,
     )
     return server, port
 

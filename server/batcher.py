@@ -4,7 +4,9 @@ A request's life, all on one asyncio event loop:
 
 1. :meth:`Batcher.submit` admits it, or refuses at once with ``QueueFullError`` when
    ``max_queue`` requests are already waiting (decoding or queued) -- or, with
-   ``wait=True`` (streams), waits for room, which is how a stream applies backpressure;
+   ``wait=True`` (streams), waits for room, which is how a stream applies backpressure
+   (waiting callers get each freed place first, but hold at most 3/4 of the queue: the
+   rest stays for unary calls, see ``UNARY_RESERVE``);
    with a deadline it is refused at once (``DeadlineExpiredError``) when the queue's
    expected wait (from the measured time per batch) is longer than the time left;
 2. its image is decoded and letterboxed in a thread pool shared by all models, so many
@@ -58,13 +60,18 @@ from server.images import (
     ImageSource,
     decode_reduced,
     decoded_pixels,
+    encoded_pixels,
     original_letterbox,
 )
 
 log = logging.getLogger(__name__)
 
 MS_PER_S = 1000.0
-BATCH_TIME_SMOOTHING = 0.2  # weight of the newest batch in the moving average of image time
+# The share of the queue that waiting callers (stream frames) leave to callers that do
+# not wait (unary calls): without it, a soak of 16 streams beside 16 unary clients let 5
+# unary calls of 5,584 in. A queue of fewer than 4 places is all the streams'.
+UNARY_RESERVE = 0.25
+BATCH_TIME_SMOOTHING = 0.2  # weight of the newest batch in the moving average of its size
 
 
 class BatchModel(Protocol):
@@ -148,6 +155,7 @@ class _Pending:
     deadline: float | None  # time.monotonic() seconds
     decode_s: float
     future: asyncio.Future[BatchResult]
+    waited: bool = False  # submitted with wait=True (a stream's frame)
     queued_at: float = field(default_factory=time.monotonic)
 
 
@@ -159,8 +167,9 @@ class Batcher:
         config: batching settings.
         decode_pool: threads that decode and letterbox images (may be shared).
         observer: receives measurements; :class:`NullObserver` by default.
-        decode_budget: bounds the pixels of large images decoded at once (may be shared,
-            with the pool); None: no bound beyond the pool's threads.
+        decode_budget: decodes large images, in threads of its own at a lower priority,
+            and bounds their pixels decoded at once (may be shared, with the pool);
+            None: every image is decoded in ``decode_pool``.
     """
 
     def __init__(
@@ -179,10 +188,16 @@ class Batcher:
         self._device_pool = ThreadPoolExecutor(1, thread_name_prefix=f"device-{model.name}")
         self._queue: deque[_Pending] = deque()
         self._decoding = 0
+        self._decoding_waited = 0  # of those decoding, the ones submitted with wait=True
         self._wakeup = asyncio.Event()
         self._room_waiters: deque[asyncio.Future[None]] = deque()  # submit(wait=True) callers
         self._granted = 0  # waiters woken with room kept for them, not yet admitted
-        self._image_s: float | None = None  # moving average of device time per image
+        # Moving average of the device time of a batch, per batch size: a forward has a
+        # fixed cost, so an average per image taken from small batches overestimated
+        # large ones, and deadline-aware batching then shrank batches further (under 4x
+        # overload with 150 ms deadlines they fell to 1.1 images).
+        self._batch_time: dict[int, float] = {}
+        self._running_until = 0.0  # time.monotonic() the running batch should end at
         self._closing = False
         self._worker: asyncio.Task[None] | None = None
         self._pinned: torch.Tensor | None = None  # max_batch x S x S x 3 uint8, CUDA only
@@ -205,13 +220,15 @@ class Batcher:
             self._worker = asyncio.get_running_loop().create_task(self._run())
 
     def expected_wait_s(self) -> float | None:
-        """How long a request admitted now would take to be answered, in seconds: the
-        requests ahead of it and itself, at the measured device time per image (batches
-        share the cost of a forward, so this is what the queue drains at); None before
-        the first batch."""
-        if self._image_s is None:
+        """How long a request admitted now would take to be answered, in seconds: what
+        is left of the batch running now, then the requests ahead of it and itself, at
+        the measured device time per image (batches share the cost of a forward, so
+        this is what the queue drains at); None before the first batch."""
+        if not self._batch_time:
             return None
-        return (self.depth + 1) * self._image_s
+        running = max(0.0, self._running_until - time.monotonic())
+        full, rest = divmod(self.depth + 1, self.config.max_batch)
+        return running + full * self._batch_s(self.config.max_batch) + self._batch_s(rest)
 
     async def close(self) -> None:
         """Admit nothing more, run what was admitted, then stop the worker; callers
@@ -261,32 +278,38 @@ class Batcher:
             raise
         loop = asyncio.get_running_loop()
         self._decoding += 1
+        self._decoding_waited += wait
         if admitted is not None and not admitted.done():
             admitted.set_result(None)
         self._observer.queue_depth(self.depth)
         try:
             start = time.monotonic()
-            if self._decode_budget is None:
-                hold = contextlib.nullcontext()
+            budget = self._decode_budget
+            full = encoded_pixels(image)  # above the limit: refused at once, in the pool
+            if budget is not None and budget.is_large(full) and full <= self.config.max_pixels:
+                pixels = decoded_pixels(image, self.model.input_size)
+                prepared = await budget.run(pixels, self._prepare, image, deadline)
             else:
-                hold = self._decode_budget.hold(decoded_pixels(image, self.model.input_size))
-            async with hold:
-                letterboxed, letterbox = await loop.run_in_executor(
+                prepared = await loop.run_in_executor(
                     self._decode_pool, self._prepare, image, deadline
                 )
+            letterboxed, letterbox = prepared
             decode_s = time.monotonic() - start
         except BaseException as err:
             if isinstance(err, asyncio.CancelledError):
                 self._observer.dropped(DROP_CANCELLED)
             self._decoding -= 1
+            self._decoding_waited -= wait
             self._left_before_queueing()
             raise
         self._decoding -= 1
+        self._decoding_waited -= wait
         self._observer.decoded(decode_s)
         if deadline is not None and time.monotonic() >= deadline:
             self._left_before_queueing()
             self._check_deadline(deadline)
-        item = _Pending(letterboxed, letterbox, options, deadline, decode_s, loop.create_future())
+        future = loop.create_future()
+        item = _Pending(letterboxed, letterbox, options, deadline, decode_s, future, waited=wait)
         self._queue.append(item)
         self._observer.queue_depth(self.depth)
         self._wakeup.set()
@@ -303,7 +326,7 @@ class Batcher:
     def _check_admission(self, deadline: float | None) -> None:
         if self._closing:
             raise BatcherClosedError(f"model {self.model.name!r} is shutting down")
-        if self.depth + self._granted >= self.config.max_queue:
+        if self.depth + self._granted >= self.config.max_queue:  # a waiter's room is kept
             self._observer.dropped(DROP_QUEUE_FULL)
             raise QueueFullError(
                 f"model {self.model.name!r} has {self.depth} requests waiting "
@@ -322,9 +345,7 @@ class Batcher:
     async def _wait_for_room(self) -> None:
         """Wait until the queue has room (or the batcher closes), first come first served:
         :meth:`_wake_room_waiters` keeps the room for the waiter it wakes."""
-        if self._closing or (
-            not self._room_waiters and self.depth + self._granted < self.config.max_queue
-        ):
+        if self._closing or (not self._room_waiters and self._room_for_a_waiter()):
             return
         waiter = asyncio.get_running_loop().create_future()
         self._room_waiters.append(waiter)
@@ -339,11 +360,22 @@ class Batcher:
             raise
         self._granted -= 1  # the caller is admitted before its next await
 
+    def _room_for_a_waiter(self) -> bool:
+        """Whether a waiting caller (a stream's frame) may enter now: the queue has room,
+        and the requests of waiting callers in it (with the room kept for woken ones)
+        hold less than all of it but ``UNARY_RESERVE``. So unary calls always find that
+        share of the queue free of stream frames (streams first in line starved them),
+        while stream frames, woken first whenever a place frees, take any place unary
+        calls leave, however full of unary calls the queue is."""
+        max_queue = self.config.max_queue
+        if self.depth + self._granted >= max_queue:
+            return False
+        waited = self._decoding_waited + sum(item.waited for item in self._queue)
+        return waited + self._granted < max_queue - int(max_queue * UNARY_RESERVE)
+
     def _wake_room_waiters(self) -> None:
         """Wake as many waiters for room as there is room (all of them when closing)."""
-        while self._room_waiters and (
-            self._closing or self.depth + self._granted < self.config.max_queue
-        ):
+        while self._room_waiters and (self._closing or self._room_for_a_waiter()):
             waiter = self._room_waiters.popleft()
             if not waiter.done():  # not cancelled meanwhile
                 waiter.set_result(None)
@@ -401,24 +433,61 @@ class Batcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
         now = time.monotonic()
-        batch = []
+        batch: list[_Pending] = []
         while self._queue and len(batch) < self.config.max_batch:
-            item = self._queue.popleft()
+            item = self._queue[0]
             if item.future.done():  # cancelled by its caller
+                self._queue.popleft()
                 continue
-            if item.deadline is not None and now >= item.deadline:
+            if item.deadline is not None and now + self._batch_s(1) > item.deadline:
+                self._queue.popleft()
                 self._observer.dropped(DROP_DEADLINE)
                 item.future.set_exception(
-                    DeadlineExpiredError("the deadline passed while the request was queued")
+                    DeadlineExpiredError(
+                        "the deadline passed while the request was queued"
+                        if now >= item.deadline
+                        else "the request could not finish before its deadline: not run"
+                    )
                 )
                 continue
-            batch.append(item)
+            if not self._finishes_in_time([*batch, item], now):
+                break  # it would make the batch late for a deadline: it goes in the next
+            batch.append(self._queue.popleft())
         self._observer.queue_depth(self.depth)
         self._wake_room_waiters()
         return batch
 
+    def _batch_s(self, size: int) -> float:
+        """Expected device time of a batch of ``size`` images, from the moving averages
+        per size: the one of that size, else interpolated between the nearest sizes
+        measured below and above; beyond the largest, scaled up from it in proportion;
+        below the smallest, the smallest's (both err on the long side). 0 for ``size`` 0
+        and before the first batch."""
+        times = self._batch_time
+        if size == 0 or not times:
+            return 0.0
+        if size in times:
+            return times[size]
+        below = max((m for m in times if m < size), default=None)
+        above = min((m for m in times if m > size), default=None)
+        if above is None:
+            return times[below] * size / below
+        if below is None:
+            return times[above]
+        share = (size - below) / (above - below)
+        return times[below] + share * (times[above] - times[below])
+
+    def _finishes_in_time(self, batch: list[_Pending], start: float) -> bool:
+        """Whether ``batch``, started at ``start``, is expected to end before the
+        deadline of each of its requests: an image that joins a batch lengthens its
+        forward, and a request admitted in time could be answered late because of it
+        (under 4x overload with 150 ms deadlines, 146 images ran for callers gone)."""
+        end = start + self._batch_s(len(batch))
+        return all(item.deadline is None or end <= item.deadline for item in batch)
+
     async def _run_batch(self, batch: list[_Pending]) -> None:
         start = time.monotonic()
+        self._running_until = start + self._batch_s(len(batch))
         loop = asyncio.get_running_loop()
         try:
             outcomes = await loop.run_in_executor(self._device_pool, self._infer, batch)
@@ -433,9 +502,8 @@ class Batcher:
         if ran:
             self.images_run += ran
             self.batches_run += 1
-            image_s = inference_s / ran
-            smoothed = self._image_s if self._image_s is not None else image_s
-            self._image_s = smoothed + BATCH_TIME_SMOOTHING * (image_s - smoothed)
+            smoothed = self._batch_time.get(ran, inference_s)
+            self._batch_time[ran] = smoothed + BATCH_TIME_SMOOTHING * (inference_s - smoothed)
             queue_s = [start - item.queued_at for item in batch]
             self._observer.batch(ran, inference_s, queue_s)
         for item, outcome in zip(batch, outcomes, strict=True):

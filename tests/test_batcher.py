@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -23,14 +25,14 @@ from detector.models.yolo import YOLODetector
 from detector.predict import Detector
 from detector.settings import Detections, DetectOptions
 from server import batcher as batcher_module
-from server.batcher import Batcher, BatcherConfig
+from server.batcher import Batcher, BatcherConfig, BatchResult
 from server.errors import (
     BatcherClosedError,
     DeadlineExpiredError,
     InferenceError,
     QueueFullError,
 )
-from server.images import ImageError, RawPixels
+from server.images import DecodeBudget, ImageError, RawPixels
 
 INPUT_SIZE = 32
 POISON = 13  # fill value of an image that makes the fake model fail
@@ -576,14 +578,15 @@ def test_a_request_the_queue_would_make_late_is_refused_at_once():
     async def main():
         async with open_batcher(model, max_batch=1, max_delay_ms=0) as batcher:
             await batcher.submit(image(1), LOW)  # measures the time per batch
-            batcher._image_s = 1.0  # pretend each image takes a second
+            batcher._batch_time = {1: 1.0}  # pretend each image takes a second
             model.gate.clear()
             try:
                 running = asyncio.ensure_future(batcher.submit(image(2), LOW))
                 await wait_until(model.running.is_set)
                 queued = [asyncio.ensure_future(batcher.submit(image(v), LOW)) for v in (3, 4)]
                 await wait_until(lambda: batcher.queued == 2)
-                assert batcher.expected_wait_s() == pytest.approx(3.0)
+                # what is left of the running batch (about 1 s), 2 queued, itself
+                assert batcher.expected_wait_s() == pytest.approx(4.0, abs=0.2)
                 with pytest.raises(DeadlineExpiredError, match="ms to an answer"):
                     await batcher.submit(image(5), LOW, time.monotonic() + 2.0)
                 model.gate.set()
@@ -641,3 +644,221 @@ def test_a_large_jpeg_is_decoded_reduced_and_answered_in_original_pixels():
     assert seen_shapes == [(75, 125, 3)]  # 1/8: the long side still >= INPUT_SIZE
     assert result.detections.image_size == (height, width)
     np.testing.assert_allclose(result.detections.boxes, [[0, 0, width, height]])
+
+
+def test_waiting_callers_leave_a_quarter_of_the_queue_to_unary_calls():
+    """With max_queue 8, stream frames (wait=True) stop entering at 6 queued requests;
+    unary calls still get the last 2 places, then QueueFullError."""
+    model = FakeModel()
+    model.gate.clear()
+
+    async def main():
+        async with open_batcher(model, max_batch=1, max_delay_ms=0, max_queue=8) as batcher:
+            try:
+                running = asyncio.ensure_future(batcher.submit(image(1), LOW))
+                await wait_until(model.running.is_set)
+                streamed = [
+                    asyncio.ensure_future(batcher.submit(image(v), LOW, wait=True))
+                    for v in range(2, 9)
+                ]
+                await wait_until(lambda: batcher.queued == 6)
+                await asyncio.sleep(0.1)
+                assert batcher.depth == 6  # 8 - 8 // 4 queued behind the running one; 1 waits
+                unary = [asyncio.ensure_future(batcher.submit(image(v), LOW)) for v in (20, 21)]
+                await wait_until(lambda: batcher.queued == 8)
+                with pytest.raises(QueueFullError):
+                    await batcher.submit(image(22), LOW)
+                model.gate.set()
+                results = await asyncio.gather(running, *streamed, *unary)
+                return sorted(round(r.detections.scores[0] * 255) for r in results)
+            finally:
+                model.gate.set()
+
+    assert run(main()) == [1, 2, 3, 4, 5, 6, 7, 8, 20, 21]
+
+
+def test_waiting_callers_take_places_unary_calls_free_however_full_of_them_the_queue_is():
+    """The unary reserve counts stream frames, not the whole queue: with max_queue 8 full
+    of unary calls and two stream frames waiting, each place a unary call frees goes to a
+    waiting frame (not to the next unary call), up to the streams' 6 of 8."""
+    model = FakeModel()
+    model.gate.clear()
+
+    async def main():
+        async with open_batcher(model, max_batch=1, max_delay_ms=0, max_queue=8) as batcher:
+            try:
+                running = asyncio.ensure_future(batcher.submit(image(1), LOW))
+                await wait_until(model.running.is_set)
+                unary = [asyncio.ensure_future(batcher.submit(image(v), LOW)) for v in range(2, 10)]
+                await wait_until(lambda: batcher.queued == 8)
+                admitted = [asyncio.get_running_loop().create_future() for _ in range(2)]
+                streamed = [
+                    asyncio.ensure_future(batcher.submit(image(v), LOW, wait=True, admitted=a))
+                    for v, a in zip((20, 21), admitted, strict=True)
+                ]
+                await asyncio.sleep(0.05)
+                assert not any(a.done() for a in admitted)  # the queue is full
+                for call in unary[:2]:  # two unary callers leave: two places free
+                    call.cancel()
+                await asyncio.wait(admitted, timeout=WAIT_S)
+                taken = all(a.done() for a in admitted)
+                with pytest.raises(QueueFullError):  # the frames took both places
+                    await batcher.submit(image(30), LOW)
+                model.gate.set()
+                results = await asyncio.gather(running, *unary[2:], *streamed)
+                return taken, sorted(round(r.detections.scores[0] * 255) for r in results)
+            finally:
+                model.gate.set()
+
+    taken, values = run(main())
+    assert taken
+    assert values == [1, 4, 5, 6, 7, 8, 9, 20, 21]
+
+
+LARGE_SIDE, SMALL_SIDE = 60, 8  # PNG sides of a "large" and a small image for a DecodeBudget
+SMALL_PIXELS = 2000  # the budget's bound on small images
+JPEG_SIDE = 8 * INPUT_SIZE  # decoded at 1/8: INPUT_SIZE**2 pixels (small), but costs as large
+
+
+def png(value: int, side: int) -> bytes:
+    return cv2.imencode(".png", np.full((side, side, 3), value, np.uint8))[1].tobytes()
+
+
+def test_small_images_are_decoded_while_a_large_one_is_and_large_ones_at_lower_priority():
+    """A large image (a PNG bomb) is decoded in the budget's own thread, at a lower CPU
+    priority (Linux): with ONE decode thread for small images and a large decode in
+    progress, small images are still answered; the large one is answered after. A large
+    JPEG goes there too, though decoded reduced to few pixels (it costs by its full size)."""
+    model = FakeModel()
+    preprocess = model.preprocess
+    large_started, release = threading.Event(), threading.Event()
+    niceness = {}
+
+    def held_preprocess(im: np.ndarray):
+        thread = threading.get_native_id()
+        niceness[im.shape[0]] = os.getpriority(os.PRIO_PROCESS, thread)
+        if im.shape[0] == LARGE_SIDE:
+            large_started.set()
+            assert release.wait(WAIT_S)
+        return preprocess(im)
+
+    model.preprocess = held_preprocess
+
+    async def main():
+        pool = ThreadPoolExecutor(1)
+        budget = DecodeBudget(max_pixels=10 * LARGE_SIDE**2, small_pixels=SMALL_PIXELS)
+        batcher = Batcher(
+            model, BatcherConfig(max_batch=4, max_delay_ms=0), pool, decode_budget=budget
+        )
+        batcher.start()
+        try:
+            large = asyncio.ensure_future(batcher.submit(png(1, LARGE_SIDE), LOW))
+            await asyncio.to_thread(large_started.wait, WAIT_S)
+            small = [batcher.submit(png(v, SMALL_SIDE), LOW) for v in (2, 3, 4)]
+            done, _ = await asyncio.wait([asyncio.ensure_future(c) for c in small], timeout=WAIT_S)
+            answered = sorted(round(t.result().detections.scores[0] * 255) for t in done)
+            large_waiting = not large.done()
+            release.set()
+            answered.append(round((await large).detections.scores[0] * 255))
+            jpeg = cv2.imencode(".jpg", np.full((JPEG_SIDE, JPEG_SIDE, 3), 5, np.uint8))[1]
+            result = await batcher.submit(jpeg.tobytes(), LOW)
+            answered.append(round(result.detections.scores[0] * 255))
+            return answered, large_waiting
+        finally:
+            release.set()
+            await batcher.close()
+            pool.shutdown()
+            budget.shutdown()
+
+    answered, large_waiting = run(main())
+    assert large_waiting and answered == [2, 3, 4, 1, 5]
+    if sys.platform.startswith("linux"):
+        assert niceness[LARGE_SIDE] > niceness[SMALL_SIDE] == os.getpriority(os.PRIO_PROCESS, 0)
+        assert niceness[INPUT_SIZE] == niceness[LARGE_SIDE]  # the reduced JPEG's decode
+
+
+def test_a_batch_grows_only_while_it_can_end_before_its_requests_deadlines():
+    """At 10 s per image (pretended; about 8 s once the first fast batch is averaged in),
+    requests with 20 s left make a batch of 2, not 3: a third image would end it after
+    their deadlines; the third runs in the next batch. A request with 5 s left, less than
+    one image's time, is not run at all."""
+    model = FakeModel()
+    model.gate.clear()
+
+    async def main():
+        async with open_batcher(model, max_batch=4, max_delay_ms=0) as batcher:
+            try:
+                running = asyncio.ensure_future(batcher.submit(image(1), LOW))
+                await wait_until(model.running.is_set)
+                now = time.monotonic()
+                deadlines = {2: now + 20, 3: now + 20, 4: now + 5, 5: now + 100}
+                queued = [
+                    asyncio.ensure_future(batcher.submit(image(v), LOW, deadline))
+                    for v, deadline in deadlines.items()
+                ]
+                await wait_until(lambda: batcher.queued == 4)
+                batcher._batch_time = {1: 10.0}  # pretend each image takes 10 s
+                model.gate.set()
+                return await asyncio.gather(running, *queued, return_exceptions=True)
+            finally:
+                model.gate.set()
+
+    outcomes = run(main())
+    assert isinstance(outcomes[3], DeadlineExpiredError)  # the 5 s one
+    assert "could not finish before its deadline" in str(outcomes[3])
+    assert [round(o.detections.scores[0] * 255) for i, o in enumerate(outcomes) if i != 3] == [
+        1,
+        2,
+        3,
+        5,
+    ]
+    assert model.batches == [1, 2, 1]
+
+
+class FixedCostModel(FakeModel):
+    """A FakeModel whose forward takes FIXED_S plus PER_IMAGE_S per image (a sleep, so
+    the times hold on a busy machine): a large batch costs little more than a small one."""
+
+    FIXED_S, PER_IMAGE_S = 0.6, 0.06
+
+    def forward(self, batch: np.ndarray | torch.Tensor) -> FakeDecoded:
+        decoded = super().forward(batch)
+        time.sleep(self.FIXED_S + self.PER_IMAGE_S * len(decoded.values))
+        return decoded
+
+
+def test_batch_times_are_kept_per_size_so_small_batches_do_not_shrink_large_ones():
+    """Batches of 1 (0.66 s) and 4 (0.84 s) measured, then 4 requests with 1.8 s left
+    behind a running batch of 1: all are admitted (0.66 + 0.84 s) and run as ONE batch.
+    An average per image (0.66 s from the batch of 1) refused two of them at admission,
+    and would have cut the batch to 1 image, the next to 1 again, and so on."""
+    model = FixedCostModel()
+
+    async def main():
+        async with open_batcher(model, max_batch=4, max_delay_ms=0) as batcher:
+            try:
+                model.gate.clear()  # measure a batch of 1, then one of 4
+                first = asyncio.ensure_future(batcher.submit(image(1), LOW))
+                await wait_until(model.running.is_set)
+                rest = [asyncio.ensure_future(batcher.submit(image(1), LOW)) for _ in range(4)]
+                await wait_until(lambda: batcher.queued == 4)
+                model.gate.set()
+                await asyncio.gather(first, *rest)
+                model.batches.clear()
+                model.gate.clear()
+                running = asyncio.ensure_future(batcher.submit(image(1), LOW))
+                await wait_until(model.running.is_set)
+                deadline = time.monotonic() + 1.8
+                timed = [
+                    asyncio.ensure_future(batcher.submit(image(v), LOW, deadline))
+                    for v in (2, 3, 4, 5)
+                ]
+                await asyncio.sleep(0)
+                model.gate.set()
+                return await asyncio.gather(running, *timed, return_exceptions=True)
+            finally:
+                model.gate.set()
+
+    outcomes = run(main())
+    assert all(isinstance(o, BatchResult) for o in outcomes), outcomes
+    assert model.batches == [1, 4]

@@ -16,6 +16,7 @@ from server.images import (
     decode_image,
     decode_reduced,
     decoded_pixels,
+    encoded_pixels,
     jpeg_reduction,
     original_letterbox,
 )
@@ -87,6 +88,8 @@ def test_small_jpegs_pngs_and_arrays_are_decoded_at_full_size():
         assert reduced.reduction == 1
         np.testing.assert_array_equal(reduced.image, expected)
     assert decoded_pixels(png(picture()), INPUT_SIZE) == HEIGHT * WIDTH
+    assert encoded_pixels(jpeg(picture())) == encoded_pixels(png(picture())) == HEIGHT * WIDTH
+    assert encoded_pixels(small) == encoded_pixels(b"not an image") == 0
     assert decoded_pixels(small, INPUT_SIZE) == 0
     assert decoded_pixels(b"not an image", INPUT_SIZE) == 0
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 import urllib.request
 
 import grpc
@@ -16,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from server_fixtures import (
     LOW_SCORE,
     MODEL_CONFIGS,
+    WAIT_S,
     assert_same,
     png_bytes,
     random_images,
@@ -31,6 +34,7 @@ from server.app import SERVICE_NAME
 from server.batcher import BatcherConfig
 from server.client import DetectorClient
 from server.convert import detections_from_proto, request_to_proto
+from server.metrics import ServerMetrics
 from server.repository import ModelRepository, file_sha256
 
 CONCURRENT_CALLS = 64
@@ -240,3 +244,34 @@ def test_request_defaults_come_from_the_model(repository, reference):
     got = detections_from_proto(run(main()))
     expected = reference["m"].detect([image])[0]  # Detector.detect's own defaults
     assert got.image_size == expected.image_size and len(got) == len(expected)
+
+
+def test_stopping_the_metrics_endpoint_does_not_wait_for_its_serving_loop():
+    """``WSGIServer.shutdown`` waits for the serving loop's next poll (every 0.5 s), which
+    held up the server's exit; ``stop_http`` leaves that wait to a background thread, and
+    the port is closed once it is done."""
+    metrics = ServerMetrics()
+    port = metrics.serve_http("127.0.0.1", 0)
+    http = metrics._http
+    release = threading.Event()
+    real_shutdown = http.shutdown
+
+    def slow_shutdown() -> None:  # a serving loop that takes its time to notice
+        release.wait(WAIT_S * 3)
+        real_shutdown()
+
+    http.shutdown = slow_shutdown
+    stopper = threading.Thread(target=metrics.stop_http)
+    stopper.start()
+    stopper.join(WAIT_S)
+    returned = not stopper.is_alive()
+    release.set()
+    stopper.join()
+    assert returned  # stop_http returned while the shutdown still waited
+    for _ in range(int(WAIT_S / 0.05)):
+        if http.socket.fileno() == -1:
+            break
+        time.sleep(0.05)
+    assert http.socket.fileno() == -1
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)

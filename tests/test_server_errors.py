@@ -68,7 +68,7 @@ BAD_REQUESTS = {
     "not an image": (pb.DetectRequest(image=pb.Image(encoded=b"hello world")), "not a JPEG"),
     "truncated png": (
         pb.DetectRequest(image=pb.Image(encoded=GOOD_PNG[: len(GOOD_PNG) // 2])),
-        "corrupt or truncated",
+        "truncated",
     ),
     "truncated header": (pb.DetectRequest(image=pb.Image(encoded=GOOD_PNG[:12])), "truncated"),
     "raw length": (pb.DetectRequest(image=raw(b"\0" * 11, 2, 2, 3)), "has 11 bytes, expected"),

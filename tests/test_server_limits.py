@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import cv2
 import grpc
 import pytest
 from server_fixtures import png_bytes, random_images, run, serving
@@ -161,3 +162,37 @@ def test_bytes_that_are_no_request_get_invalid_argument_and_one_warning(reposito
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) <= 1  # rate-limited
+
+
+def test_bad_images_write_nothing_to_stderr(repository, capfd):
+    """OpenCV and libpng wrote a line to stderr for each truncated or damaged PNG: one
+    per bad request, without bound, and with stderr on an undrained pipe the decode
+    threads blocked on it after ~700 (the soak's server stopped answering). The server
+    answers INVALID_ARGUMENT and writes nothing."""
+    png = png_bytes(random_images(1, seed=4)[0])
+    damaged = bytearray(png)
+    damaged[60:70] = bytes(10)  # inside the image data
+    bad = [png[: len(png) // 2], png[:-12], bytes(damaged), png[:8] + bytes(64)]
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING)  # OpenCV's default
+
+    async def main():
+        async with (
+            serving(repository) as (_, address),
+            grpc.aio.insecure_channel(address) as channel,
+        ):
+            stub = pb_grpc.DetectorServiceStub(channel)
+            codes = []
+            for data in bad:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.Detect(pb.DetectRequest(image=pb.Image(encoded=data)))
+                codes.append(err.value.code())
+            return codes
+
+    capfd.readouterr()
+    try:
+        codes = run(main())
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    assert codes == [Code.INVALID_ARGUMENT] * len(bad)
+    assert capfd.readouterr().err == ""

@@ -5,7 +5,13 @@ frames a stream had read, then ends it with UNAVAILABLE without waiting out the 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -25,8 +31,14 @@ from server.batcher import BatcherConfig
 from server.convert import request_to_proto
 from server.repository import ModelRepository
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 Code = grpc.StatusCode
 FRAMES = 8
+TEARDOWN_MARK = "interpreter teardown ran"
+SERVER_WITH_EXIT_HOOK = (  # python -m server, with an exit hook that prints TEARDOWN_MARK
+    f"import atexit, sys; atexit.register(print, {TEARDOWN_MARK!r}); "
+    "from server.__main__ import main; sys.exit(main(sys.argv[1:]))"
+)
 LONG_GRACE_S = 60.0  # a stop that waited out this grace would fail the test's time limit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -57,15 +69,19 @@ def test_a_stream_waits_for_room_in_a_full_queue_instead_of_failing(gated):
             async with grpc.aio.insecure_channel(address) as channel:
                 stub = pb_grpc.DetectorServiceStub(channel)
                 stream = stub.StreamDetect(iter(frames(FRAMES)))
-                # one frame runs (held by the gate), four fill the queue, the rest wait
-                await wait_until(lambda: gated.running.is_set() and batcher.depth == 4)
+                # one frame runs (held by the gate), three fill the stream's part of the
+                # queue (a quarter is kept for unary calls), the rest wait
+                await wait_until(lambda: gated.running.is_set() and batcher.depth == 3)
                 await asyncio.sleep(0.2)  # time in which a failing stream would have failed
-                assert batcher.depth == 4
-                with pytest.raises(grpc.aio.AioRpcError) as refused:  # unary: refused at once
+                assert batcher.depth == 3
+                unary = asyncio.ensure_future(stub.Detect(frames(1)[0], timeout=WAIT_S))
+                await wait_until(lambda: batcher.depth == 4)  # the unary call took the last place
+                with pytest.raises(grpc.aio.AioRpcError) as refused:  # then: refused at once
                     await stub.Detect(frames(1)[0], timeout=WAIT_S)
                 gated.gate.set()
                 answers = [answer async for answer in stream]
                 code = await stream.code()
+                await unary
             return answers, code, refused.value.code(), batcher.images_run
 
     answers, code, refused, images_run = run(main())
@@ -73,7 +89,7 @@ def test_a_stream_waits_for_room_in_a_full_queue_instead_of_failing(gated):
     assert [a.request_id for a in answers] == [str(i) for i in range(FRAMES)]
     assert all(len(a.detections) > 0 for a in answers)
     assert refused == Code.RESOURCE_EXHAUSTED
-    assert images_run == FRAMES
+    assert images_run == FRAMES + 1
 
 
 def test_many_streams_next_to_unary_clients_are_all_answered(model_dir):
@@ -171,3 +187,61 @@ async def _until_error(call):
             yield answer
     except grpc.aio.AioRpcError:
         return
+
+
+@pytest.mark.slow
+def test_sigterm_answers_a_running_streams_frames_and_exits_zero_before_the_grace(model_dir):
+    """``python -m server`` gets SIGTERM while a client streams frames without end: every
+    frame the server read is answered (it says how many), the stream ends UNAVAILABLE
+    with "server shutting down", and the process exits 0 long before its 60 s grace,
+    at once after "stopped": without the interpreter's teardown (1-3 s with torch), so
+    an exit hook registered before the server started never runs."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-c", SERVER_WITH_EXIT_HOOK, "--models", str(model_dir)]
+    args += ["--host", "127.0.0.1"]
+    args += ["--port", "0", "--default", "m", "--grace", str(LONG_GRACE_S)]
+    proc = subprocess.Popen(
+        args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        lines = []
+        while not (match := re.search(r"on 127\.0\.0\.1:(\d+)", "".join(lines))):
+            line = proc.stdout.readline()
+            assert line, f"server exited: {''.join(lines)}"
+            lines.append(line)
+        address = f"127.0.0.1:{match.group(1)}"
+
+        async def main():
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = pb_grpc.DetectorServiceStub(channel)
+
+                async def endless():  # frames until the server stops reading them
+                    while True:
+                        yield frames(1)[0]
+                        await asyncio.sleep(0.005)
+
+                stream = stub.StreamDetect(endless(), timeout=WAIT_S * 3)
+                answers = []
+                signalled = None
+                try:
+                    async for answer in stream:
+                        answers.append(answer)
+                        if len(answers) == FRAMES and signalled is None:
+                            proc.send_signal(signal.SIGTERM)
+                            signalled = time.monotonic()
+                except grpc.aio.AioRpcError:
+                    pass
+                return answers, await stream.code(), await stream.details(), signalled
+
+        answers, code, details, signalled = run(main())
+        out, _ = proc.communicate(timeout=LONG_GRACE_S * 2)
+        exited = time.monotonic()
+    finally:
+        proc.kill()
+    assert code == Code.UNAVAILABLE and "server shutting down" in details, details
+    read = int(re.search(r"the (\d+) frames", details).group(1))
+    assert read == len(answers) >= FRAMES  # every frame it read was answered
+    assert proc.returncode == 0, "".join(lines) + out
+    assert "Traceback" not in out and out.rstrip().endswith("stopped")
+    assert TEARDOWN_MARK not in out
+    assert exited - signalled < LONG_GRACE_S / 2  # it did not wait out the grace

@@ -522,3 +522,34 @@ def test_shipped_model_batch_equals_one_at_a_time_and_filters():
         np.testing.assert_array_equal(
             det.class_ids, full.class_ids[np.isin(full.class_ids, wanted)]
         )
+
+
+@pytest.mark.slow
+def test_minimal_padding_keeps_the_ap_of_the_square_letterbox():
+    """The shipped digits model on non-square frames of handwritten digits it has not
+    seen (the validation glyphs): COCO AP with the minimal-padding letterbox within 0.005
+    of the square letterbox's (issue 13's accuracy bar)."""
+    pytest.importorskip("sklearn")
+    from detector.data.moving_digits import moving_digits
+    from detector.data.synthetic import DigitSource
+    from detector.evaluate import coco_metrics
+    from detector.settings import EVAL_OPTIONS
+
+    detector = Detector.load("digits", device="cpu")
+    source = DigitSource.load("val")
+    frames, truth = [], []
+    for clip, size in enumerate([(480, 640), (640, 480), (360, 640), (600, 800)] * 5):
+        # two frames far apart per clip: different places, the same digits
+        for i, (frame, boxes, classes) in enumerate(moving_digits(source, 25, size, clip)):
+            if i in (0, 24):
+                frames.append(frame)
+                truth.append((boxes, classes, size[1], size[0]))
+    ap = {}
+    for square in (False, True):
+        detector.pad_to_square = square
+        found = [detector.detect([f], EVAL_OPTIONS)[0] for f in frames]
+        predictions = [(d.boxes, d.scores, d.class_ids) for d in found]
+        ap[square] = coco_metrics(truth, predictions, detector.names).ap
+    print(f"AP minimal padding {ap[False]:.4f}, square {ap[True]:.4f}")
+    assert ap[True] > 0.5  # the comparison means something: the model finds the digits
+    assert abs(ap[False] - ap[True]) <= 0.005

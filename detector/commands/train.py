@@ -55,6 +55,10 @@ WINDOW_FLAGS = {
     "hard_negative_epochs": "--hard-negative-epochs",
     "hard_negative_score": "--hard-negative-score",
 }
+# --obj-target's choices by LossConfig.iou_objectness.
+OBJ_TARGETS = {True: "iou", False: "one"}
+# detector.train_blocks.MIN_WARMUP_STEPS, repeated for the same reason; a test checks it.
+MIN_WARMUP_STEPS = 50
 # The --assign rule whose LossConfig fields are LossConfig's defaults.
 DEFAULT_ASSIGN = next(
     name
@@ -179,6 +183,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"objectness weighs {LossConfig.obj_gain:g}, classes {LossConfig.cls_gain:g}; "
         f"sliding-window smooth-L1, default {WINDOW.box_gain:g}, class cross-entropy 1",
     )
+    p.add_argument(
+        "--obj-gain",
+        type=float,
+        default=LossConfig.obj_gain,
+        help="grid: weight of the objectness BCE term",
+    )
+    p.add_argument(
+        "--cls-gain",
+        type=float,
+        default=LossConfig.cls_gain,
+        help="grid: weight of the class BCE term (on positives)",
+    )
+    p.add_argument(
+        "--obj-target",
+        default=OBJ_TARGETS[LossConfig.iou_objectness],
+        choices=sorted(OBJ_TARGETS.values()),
+        help="grid: objectness target of a positive: iou = the IoU of its predicted box with "
+        "the true one (YOLOv5), one = 1",
+    )
+    p.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=TRAIN.warmup_epochs,
+        help=f"epochs of linear learning-rate warm-up from 0 (at least {MIN_WARMUP_STEPS} steps)",
+    )
     w = p.add_argument_group("sliding-window (--kind sliding-window only)")
     w.add_argument(
         "--window",
@@ -284,7 +313,14 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed,
         patience=args.patience,
         close_mosaic=args.close_mosaic,
-        loss=LossConfig(box_gain=box_gain, **ASSIGN_RULES[args.assign]),
+        warmup_epochs=args.warmup_epochs,
+        loss=LossConfig(
+            box_gain=box_gain,
+            obj_gain=args.obj_gain,
+            cls_gain=args.cls_gain,
+            iou_objectness=args.obj_target == OBJ_TARGETS[True],
+            **ASSIGN_RULES[args.assign],
+        ),
     )
 
 

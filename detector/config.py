@@ -44,6 +44,8 @@ MODEL_SIZES: dict[str, SizeSpec] = {
     "medium": SizeSpec(widths=(48, 96, 192, 384, 768), depths=(2, 4, 6, 2), neck_depth=2),
 }
 
+HEADS = ("coupled", "decoupled")  # ModelConfig.head
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -60,10 +62,16 @@ class ModelConfig:
     flip_idx: tuple[int, ...] = ()  # landmark permutation for a horizontal flip
     # Pairs (i, j) of landmark indices in [0, K) joined by a line when detections are drawn.
     skeleton: tuple[tuple[int, int], ...] = ()
+    # The 1×1 output layers on the neck: "coupled" = one conv per stride for every value;
+    # "decoupled" = per stride a 3×3 conv block for the classes and another for box,
+    # objectness and landmarks, each before its own 1×1 conv (YOLOX/YOLOv8's split).
+    head: str = "coupled"
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}; expected one of {HEADS}")
         if self.size not in MODEL_SIZES:
             raise ValueError(
                 f"unknown model size {self.size!r}; expected one of {list(MODEL_SIZES)}"

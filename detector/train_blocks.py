@@ -52,6 +52,7 @@ class TrainOptions:
     data: str  # data.yaml, COCO json, VOC folder; sliding-window also a crops folder
     kind: str = "grid"  # "grid" (landmark with keypoints) or "sliding-window"
     model: str = "tiny"  # model size (see detector.config.MODEL_SIZES)
+    head: str = "coupled"  # a new grid model's output layers (see ModelConfig.head)
     imgsz: int = 320  # square input side in pixels
     out: str = "runs/train"  # output folder: checkpoints, results.csv, plots
     device: str = "auto"  # auto | cpu | cuda | cuda:N

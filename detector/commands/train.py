@@ -9,6 +9,7 @@ import sys
 from detector.commands import HelpFormatter
 from detector.config import (
     ASSIGN_RULES,
+    HEADS,
     MODEL_KINDS_TRAINED,
     MODEL_SIZES,
     AugmentConfig,
@@ -89,6 +90,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--model", default=ModelConfig.size, choices=sorted(MODEL_SIZES), help="model size"
+    )
+    p.add_argument(
+        "--head",
+        default=ModelConfig.head,
+        choices=HEADS,
+        help="a new grid model's output layers: coupled = one 1x1 conv per stride; decoupled "
+        "= a 3x3 conv branch for the classes and one for box and objectness (about 1.5x "
+        "tiny's compute; classes learn faster)",
     )
     p.add_argument("--epochs", type=int, default=TRAIN.epochs, help="epochs to train")
     p.add_argument(
@@ -343,6 +352,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data,
         kind=args.kind,
         model=args.model,
+        head=args.head,
         imgsz=args.imgsz,
         out=args.out,
         device=args.device,

@@ -66,12 +66,19 @@ class ModelConfig:
     # "decoupled" = per stride a 3×3 conv block for the classes and another for box,
     # objectness and landmarks, each before its own 1×1 conv (YOLOX/YOLOv8's split).
     head: str = "coupled"
+    head_depth: int = 1  # 3×3 conv blocks in each branch of a decoupled head
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; expected one of {HEADS}")
+        if self.head_depth < 1:
+            raise ValueError(f"head_depth must be >= 1, got {self.head_depth}")
+        if self.head == "coupled" and self.head_depth != 1:
+            raise ValueError(
+                f"head_depth applies to the decoupled head only, got {self.head_depth}"
+            )
         if self.size not in MODEL_SIZES:
             raise ValueError(
                 f"unknown model size {self.size!r}; expected one of {list(MODEL_SIZES)}"

@@ -53,6 +53,7 @@ class TrainOptions:
     kind: str = "grid"  # "grid" (landmark with keypoints) or "sliding-window"
     model: str = "tiny"  # model size (see detector.config.MODEL_SIZES)
     head: str = "coupled"  # a new grid model's output layers (see ModelConfig.head)
+    head_depth: int = 1  # 3×3 conv blocks per branch of a decoupled head
     imgsz: int = 320  # square input side in pixels
     out: str = "runs/train"  # output folder: checkpoints, results.csv, plots
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -11,6 +11,7 @@ from detector.config import ASSIGN_RULES, HEADS, LossConfig, ModelConfig
 from detector.encoding import CLS, OBJ, TargetEncoder, Targets
 from detector.kinds import grid_candidates
 from detector.loss import DetectionLoss
+from detector.models.layers import ConvBlock
 from detector.models.yolo import YOLODetector, count_flops, count_parameters
 from detector.postprocess import select_detections
 
@@ -91,6 +92,23 @@ def test_decoupled_head_puts_each_value_where_the_decoding_reads_it(num_landmark
 def test_unknown_head_is_refused():
     with pytest.raises(ValueError, match="head"):
         ModelConfig(num_classes=3, head="split")
+    with pytest.raises(ValueError, match="head_depth"):
+        ModelConfig(num_classes=3, head="coupled", head_depth=2)
+    with pytest.raises(ValueError, match="head_depth"):
+        ModelConfig(num_classes=3, head="decoupled", head_depth=0)
+
+
+def test_decoupled_head_depth_adds_conv_blocks_and_keeps_the_output():
+    image = torch.rand(1, 3, SIZE, SIZE)
+    shapes, params = [], []
+    for depth in (1, 2):
+        config = ModelConfig(num_classes=3, input_size=SIZE, head="decoupled", head_depth=depth)
+        model = YOLODetector(config).eval()
+        blocks = [sum(isinstance(m, ConvBlock) for m in h.cls_branch) for h in model.heads]
+        assert blocks == [depth] * len(config.strides)
+        shapes.append([tuple(o.shape) for o in model(image)])
+        params.append(count_parameters(model))
+    assert shapes[0] == shapes[1] and params[0] < params[1]
 
 
 @pytest.mark.parametrize(

@@ -99,6 +99,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "= a 3x3 conv branch for the classes and one for box and objectness (about 1.5x "
         "tiny's compute; classes learn faster)",
     )
+    p.add_argument(
+        "--head-depth",
+        type=int,
+        default=ModelConfig.head_depth,
+        metavar="N",
+        help="3x3 conv blocks in each branch of a decoupled head",
+    )
     p.add_argument("--epochs", type=int, default=TRAIN.epochs, help="epochs to train")
     p.add_argument(
         "--imgsz",
@@ -353,6 +360,7 @@ def run(args: argparse.Namespace) -> int:
         kind=args.kind,
         model=args.model,
         head=args.head,
+        head_depth=args.head_depth,
         imgsz=args.imgsz,
         out=args.out,
         device=args.device,

@@ -141,21 +141,24 @@ class CoupledHead(nn.Conv2d):
 
 
 class DecoupledHead(nn.Module):
-    """Two branches, each a 3×3 conv block and a 1×1 conv: one for the C class logits,
-    one for the box, objectness and landmark values (YOLOX/YOLOv8's split: the classes
-    get features of their own instead of sharing one linear layer with the box)."""
+    """Two branches, each ``head_depth`` 3×3 conv blocks and a 1×1 conv: one for the C
+    class logits, one for the box, objectness and landmark values (YOLOX/YOLOv8's split:
+    the classes get features of their own instead of sharing one linear layer with the
+    box)."""
 
     def __init__(self, channels: int, config: ModelConfig):
         super().__init__()
         self.a, self.c = config.num_anchors, config.num_classes
         self.other = config.num_outputs - self.c  # 5 + 2K
         hidden = max(DECOUPLED_MIN_WIDTH, channels // 2)
-        self.cls_branch = nn.Sequential(
-            ConvBlock(channels, hidden, 3), nn.Conv2d(hidden, self.a * self.c, 1)
-        )
-        self.box_branch = nn.Sequential(
-            ConvBlock(channels, hidden, 3), nn.Conv2d(hidden, self.a * self.other, 1)
-        )
+        self.cls_branch = self._branch(channels, hidden, config.head_depth, self.a * self.c)
+        self.box_branch = self._branch(channels, hidden, config.head_depth, self.a * self.other)
+
+    @staticmethod
+    def _branch(channels: int, hidden: int, depth: int, outputs: int) -> nn.Sequential:
+        """``depth`` 3×3 conv blocks, then a 1×1 convolution to the raw outputs."""
+        blocks = [ConvBlock(channels if i == 0 else hidden, hidden, 3) for i in range(depth)]
+        return nn.Sequential(*blocks, nn.Conv2d(hidden, outputs, 1))
 
     def init_biases(self, stride: int) -> None:
         _prior_biases(self.cls_branch[-1].bias.view(self.a, self.c), stride, self.c, None, 0)

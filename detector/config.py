@@ -44,6 +44,8 @@ MODEL_SIZES: dict[str, SizeSpec] = {
     "medium": SizeSpec(widths=(48, 96, 192, 384, 768), depths=(2, 4, 6, 2), neck_depth=2),
 }
 
+HEADS = ("coupled", "decoupled")  # ModelConfig.head
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -60,10 +62,25 @@ class ModelConfig:
     flip_idx: tuple[int, ...] = ()  # landmark permutation for a horizontal flip
     # Pairs (i, j) of landmark indices in [0, K) joined by a line when detections are drawn.
     skeleton: tuple[tuple[int, int], ...] = ()
+    # The output layers on the neck: "coupled" = one 1×1 conv per stride for every value;
+    # "decoupled" = per stride a 3×3 conv branch for the classes and another for box,
+    # objectness and landmarks, each before its own 1×1 conv (YOLOX/YOLOv8's split).
+    # "coupled" here because model files written before this field have that head; new
+    # training runs default to "decoupled" (TrainOptions.head).
+    head: str = "coupled"
+    head_depth: int = 1  # 3×3 conv blocks in each branch of a decoupled head
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}; expected one of {HEADS}")
+        if self.head_depth < 1:
+            raise ValueError(f"head_depth must be >= 1, got {self.head_depth}")
+        if self.head == "coupled" and self.head_depth != 1:
+            raise ValueError(
+                f"head_depth applies to the decoupled head only, got {self.head_depth}"
+            )
         if self.size not in MODEL_SIZES:
             raise ValueError(
                 f"unknown model size {self.size!r}; expected one of {list(MODEL_SIZES)}"
@@ -165,9 +182,11 @@ class TrainConfig:
     """Settings of one training run."""
 
     epochs: int = 50
-    batch_size: int = 16
-    optimizer: str = "sgd"  # "sgd" (Nesterov) or "adamw" (converges faster on short runs)
-    lr: float = 0.01  # peak learning rate after warm-up (SGD 0.01, AdamW about 0.001)
+    # Batch 8 with AdamW at lr 0.003 and a decoupled head: the recipe measured best in
+    # bench/README.md ("Recipe ablation"); SGD wants about lr 0.01.
+    batch_size: int = 8
+    optimizer: str = "adamw"  # "adamw" or "sgd" (Nesterov)
+    lr: float = 0.003  # peak learning rate after warm-up
     momentum: float = 0.937  # SGD momentum, AdamW beta1
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0

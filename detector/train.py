@@ -338,6 +338,8 @@ def _start_from(
     model_config = ModelConfig(
         num_classes=len(train_info.names),
         size=options.model,
+        head=options.head,
+        head_depth=options.head_depth,
         input_size=options.imgsz,
         anchors=fit_anchors(train_info, options.imgsz, options.config.seed, log),
         num_landmarks=train_info.kpt_shape[0] if train_info.kpt_shape else 0,

@@ -135,7 +135,7 @@ def test_train_options_defaults_agree_with_the_trainer():
 
     args = _subparser("train").parse_args(["--data", "x.yaml"])
     options = TrainOptions(data="x.yaml")
-    for field in ("model", "imgsz", "out", "device"):
+    for field in ("model", "head", "head_depth", "imgsz", "out", "device"):
         assert getattr(args, field) == getattr(options, field), field
 
 

@@ -37,6 +37,7 @@ CONFIG = ModelConfig(
     num_landmarks=2,
     landmark_names=("left_eye", "right_eye"),
     flip_idx=(1, 0),
+    head="decoupled",  # what training gives a new model; the CLI test below is coupled
 )
 SHAPES = [(1, 320, 320), (3, 256, 320), (3, 64, 96)]  # (B, H, W)
 TOLERANCE = 1e-4

@@ -1,14 +1,17 @@
 """The network, its loss and the decoding agree: the model overfits one image."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from detector.boxes import box_iou
-from detector.config import ASSIGN_RULES, LossConfig, ModelConfig
-from detector.encoding import TargetEncoder, Targets
+from detector.config import ASSIGN_RULES, HEADS, LossConfig, ModelConfig
+from detector.encoding import CLS, OBJ, TargetEncoder, Targets
 from detector.kinds import grid_candidates
 from detector.loss import DetectionLoss
+from detector.models.layers import ConvBlock
 from detector.models.yolo import YOLODetector, count_flops, count_parameters
 from detector.postprocess import select_detections
 
@@ -33,10 +36,11 @@ def scene():
     return tensor, boxes, torch.tensor([0, 1, 2])
 
 
+@pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("num_landmarks", [0, 2])
-def test_forward_shapes(num_landmarks):
+def test_forward_shapes(num_landmarks, head):
     config = ModelConfig(
-        num_classes=3, input_size=SIZE, anchors=ANCHORS, num_landmarks=num_landmarks
+        num_classes=3, input_size=SIZE, anchors=ANCHORS, num_landmarks=num_landmarks, head=head
     )
     model = YOLODetector(config).eval()
     out = model(torch.rand(2, 3, SIZE, SIZE))
@@ -55,12 +59,67 @@ def test_sizes_grow_and_report():
     assert all(f > 0 for f in flops)
 
 
-@pytest.mark.parametrize("assign", sorted(ASSIGN_RULES))
-def test_overfits_one_image(assign):
-    """Loss falls by > 90 % and decode + NMS recover the 3 boxes with IoU > 0.7, with
-    one positive per object and with several."""
+@pytest.mark.parametrize("num_landmarks", [0, 2])
+def test_decoupled_head_puts_each_value_where_the_decoding_reads_it(num_landmarks):
+    """The class logits come from the class branch only, box, objectness and landmarks
+    from the other branch only; the initial biases are the same priors as the coupled
+    head's."""
     torch.manual_seed(0)
-    config = ModelConfig(num_classes=3, input_size=SIZE, anchors=ANCHORS)
+    c = 3
+    config = ModelConfig(
+        num_classes=c, input_size=SIZE, anchors=ANCHORS, num_landmarks=num_landmarks
+    )
+    coupled = YOLODetector(config).eval()
+    decoupled = YOLODetector(replace(config, head="decoupled")).eval()
+    features = [torch.randn(2, h.box_branch[0].conv.in_channels, 4, 4) for h in decoupled.heads]
+    base = [head(f) for head, f in zip(decoupled.heads, features, strict=True)]
+    for head in decoupled.heads:  # silence the class branch: only class logits change
+        torch.nn.init.zeros_(head.cls_branch[-1].weight)
+    silenced = [head(f) for head, f in zip(decoupled.heads, features, strict=True)]
+    heads = zip(base, silenced, decoupled.heads, coupled.heads, strict=True)
+    for before, after, head, coupled_head in heads:  # (B, A, D, h, w)
+        changed = (before != after).transpose(1, 2).flatten(2).any(-1).any(0)  # (D,)
+        assert changed.nonzero().flatten().tolist() == list(range(CLS, CLS + c))
+        coupled_bias = coupled_head.bias.view(config.num_anchors, config.num_outputs)
+        # with zero weights every class logit is its bias: the coupled head's prior
+        classes = after[:, :, CLS : CLS + c]  # (B, A, C, h, w)
+        prior = coupled_bias[:, CLS : CLS + c, None, None].expand_as(classes)
+        assert torch.equal(classes, prior)
+        other_bias = head.box_branch[-1].bias.view(config.num_anchors, -1)
+        assert torch.equal(other_bias[:, OBJ], coupled_bias[:, OBJ])
+
+
+def test_unknown_head_is_refused():
+    with pytest.raises(ValueError, match="head"):
+        ModelConfig(num_classes=3, head="split")
+    with pytest.raises(ValueError, match="head_depth"):
+        ModelConfig(num_classes=3, head="coupled", head_depth=2)
+    with pytest.raises(ValueError, match="head_depth"):
+        ModelConfig(num_classes=3, head="decoupled", head_depth=0)
+
+
+def test_decoupled_head_depth_adds_conv_blocks_and_keeps_the_output():
+    image = torch.rand(1, 3, SIZE, SIZE)
+    shapes, params = [], []
+    for depth in (1, 2):
+        config = ModelConfig(num_classes=3, input_size=SIZE, head="decoupled", head_depth=depth)
+        model = YOLODetector(config).eval()
+        blocks = [sum(isinstance(m, ConvBlock) for m in h.cls_branch) for h in model.heads]
+        assert blocks == [depth] * len(config.strides)
+        shapes.append([tuple(o.shape) for o in model(image)])
+        params.append(count_parameters(model))
+    assert shapes[0] == shapes[1] and params[0] < params[1]
+
+
+@pytest.mark.parametrize(
+    ("assign", "head"),
+    [*((rule, "coupled") for rule in sorted(ASSIGN_RULES)), ("multi", "decoupled")],
+)
+def test_overfits_one_image(assign, head):
+    """Loss falls by > 90 % and decode + NMS recover the 3 boxes with IoU > 0.7, with
+    one positive per object and with several, and with either head."""
+    torch.manual_seed(0)
+    config = ModelConfig(num_classes=3, input_size=SIZE, anchors=ANCHORS, head=head)
     model = YOLODetector(config)
     loss_config = LossConfig(**ASSIGN_RULES[assign])
     criterion = DetectionLoss(config, loss_config)

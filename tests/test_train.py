@@ -127,6 +127,26 @@ def test_assign_flag_selects_the_positive_rule(assign: str) -> None:
     assert default.loss == LossConfig() == LossConfig(**ASSIGN_RULES["multi"])
 
 
+def test_loss_and_warmup_flags_reach_the_train_config() -> None:
+    argv = ["train", "--data", "d.yaml", "--obj-gain", "0.7", "--cls-gain", "1.5"]
+    argv += ["--obj-target", "one", "--warmup-epochs", "2.5"]
+    config = train_config(build_parser().parse_args(argv))
+    assert (config.loss.obj_gain, config.loss.cls_gain) == (0.7, 1.5)
+    assert config.loss.iou_objectness is False
+    assert config.warmup_epochs == 2.5
+    default = train_config(build_parser().parse_args(["train", "--data", "d.yaml"]))
+    iou = train_config(build_parser().parse_args([*argv[:3], "--obj-target", "iou"]))
+    assert iou.loss.iou_objectness is True
+    assert default.loss.iou_objectness is LossConfig.iou_objectness
+
+
+def test_cli_minimum_warmup_steps_is_the_trainers() -> None:
+    from detector.commands import train as command
+    from detector.train_blocks import MIN_WARMUP_STEPS
+
+    assert command.MIN_WARMUP_STEPS == MIN_WARMUP_STEPS
+
+
 def test_resume_continues_exactly_where_a_stopped_run_stopped(
     data_yaml: Path, tmp_path: Path
 ) -> None:

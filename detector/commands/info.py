@@ -65,14 +65,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def sizes_table(imgsz: int, num_classes: int) -> str:
-    """One line per entry of ``MODEL_SIZES``: widths, depths, parameters, GFLOPs."""
+    """One line per entry of ``MODEL_SIZES``: widths, depths, parameters, GFLOPs, with
+    the head that ``detector train`` gives a new model."""
+    from detector.commands.train import DEFAULT_HEAD
     from detector.config import MODEL_SIZES, ModelConfig
     from detector.models.yolo import YOLODetector, count_flops, count_parameters
 
     header = f"{'size':<8}  {'widths':<24}  {'depths':<12}  {'params (M)':>10}  {'GFLOPs':>8}"
-    lines = [f"model sizes: {num_classes} classes, input {imgsz}x{imgsz}", header]
+    title = f"model sizes: {num_classes} classes, input {imgsz}x{imgsz}, {DEFAULT_HEAD} head"
+    lines = [title, header]
     for name, spec in MODEL_SIZES.items():
-        model = YOLODetector(ModelConfig(num_classes=num_classes, size=name, input_size=imgsz))
+        config = ModelConfig(
+            num_classes=num_classes, size=name, input_size=imgsz, head=DEFAULT_HEAD
+        )
+        model = YOLODetector(config)
         params = count_parameters(model) / MEGA
         gflops = count_flops(model, imgsz) / GIGA
         widths = ",".join(str(w) for w in spec.widths)

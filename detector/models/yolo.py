@@ -20,6 +20,7 @@ from detector.models.layers import SPPF, ConvBlock, CSPBlock
 # Prior for the initial objectness bias: about this many objects per 640×640 image.
 OBJECTS_PER_IMAGE_PRIOR = 8
 PRIOR_IMAGE_SIDE = 640
+DECOUPLED_MIN_WIDTH = 64  # channels of a decoupled head's branches: max(this, neck width / 2)
 
 
 class Backbone(nn.Module):
@@ -89,19 +90,10 @@ class YOLODetector(nn.Module):
         self.backbone = Backbone(spec.widths, spec.depths)
         neck_widths = spec.widths[2:5]
         self.neck = Neck(neck_widths, spec.neck_depth)
-        outputs = config.num_anchors * config.num_outputs
-        self.heads = nn.ModuleList(nn.Conv2d(w, outputs, 1) for w in neck_widths)
-        self._init_head_biases()
-
-    def _init_head_biases(self) -> None:
-        """Start objectness near the expected density of objects and classes near 1/C,
-        so the first steps are not spent unlearning a 0.5 prior everywhere."""
-        c = self.config
-        for head, stride in zip(self.heads, c.strides, strict=True):
-            bias = head.bias.detach().view(c.num_anchors, c.num_outputs)  # (A, D)
-            cells = (PRIOR_IMAGE_SIDE / stride) ** 2
-            bias[:, OBJ] = math.log(OBJECTS_PER_IMAGE_PRIOR / cells)
-            bias[:, CLS : CLS + c.num_classes] = math.log(0.6 / max(c.num_classes - 0.99, 0.01))
+        head = DecoupledHead if config.head == "decoupled" else CoupledHead
+        self.heads = nn.ModuleList(head(w, config) for w in neck_widths)
+        for h, stride in zip(self.heads, config.strides, strict=True):
+            h.init_biases(stride)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Raw head output.
@@ -113,13 +105,73 @@ class YOLODetector(nn.Module):
             Per stride (8, 16, 32): ``(B, H/s, W/s, A, D)`` raw values, D = 5 + C + 2K.
         """
         features = self.neck(*self.backbone(images))
-        a, d = self.config.num_anchors, self.config.num_outputs
         out = []
         for head, feature in zip(self.heads, features, strict=True):
-            y = head(feature)  # (B, A*D, h, w)
-            b, _, h, w = y.shape
-            out.append(y.view(b, a, d, h, w).permute(0, 3, 4, 1, 2))  # (B, h, w, A, D)
+            y = head(feature)  # (B, A, D, h, w)
+            out.append(y.permute(0, 3, 4, 1, 2))  # (B, h, w, A, D)
         return out
+
+
+def _prior_biases(bias: torch.Tensor, stride: int, num_classes: int, obj: int, cls: int) -> None:
+    """Start objectness near the expected density of objects and classes near 1/C, so
+    the first steps are not spent unlearning a 0.5 prior everywhere. ``bias`` is
+    ``(A, D')``; ``obj`` and ``cls`` are the columns of objectness and of the first class
+    in it (``None``: not in this layer)."""
+    with torch.no_grad():
+        if obj is not None:
+            bias[:, obj] = math.log(OBJECTS_PER_IMAGE_PRIOR / (PRIOR_IMAGE_SIDE / stride) ** 2)
+        if cls is not None:
+            bias[:, cls : cls + num_classes] = math.log(0.6 / max(num_classes - 0.99, 0.01))
+
+
+class CoupledHead(nn.Conv2d):
+    """One 1×1 convolution predicts every value of every anchor (a plain ``Conv2d``, so
+    its weights keep the names ``heads.N.weight`` and ``heads.N.bias``)."""
+
+    def __init__(self, channels: int, config: ModelConfig):
+        self.a, self.d, self.c = config.num_anchors, config.num_outputs, config.num_classes
+        super().__init__(channels, self.a * self.d, 1)
+
+    def init_biases(self, stride: int) -> None:
+        _prior_biases(self.bias.view(self.a, self.d), stride, self.c, OBJ, CLS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)  # (B, A*D, h, w)
+        return y.view(y.shape[0], self.a, self.d, *y.shape[2:])  # (B, A, D, h, w)
+
+
+class DecoupledHead(nn.Module):
+    """Two branches, each ``head_depth`` 3×3 conv blocks and a 1×1 conv: one for the C
+    class logits, one for the box, objectness and landmark values (YOLOX/YOLOv8's split:
+    the classes get features of their own instead of sharing one linear layer with the
+    box)."""
+
+    def __init__(self, channels: int, config: ModelConfig):
+        super().__init__()
+        self.a, self.c = config.num_anchors, config.num_classes
+        self.other = config.num_outputs - self.c  # 5 + 2K
+        hidden = max(DECOUPLED_MIN_WIDTH, channels // 2)
+        self.cls_branch = self._branch(channels, hidden, config.head_depth, self.a * self.c)
+        self.box_branch = self._branch(channels, hidden, config.head_depth, self.a * self.other)
+
+    @staticmethod
+    def _branch(channels: int, hidden: int, depth: int, outputs: int) -> nn.Sequential:
+        """``depth`` 3×3 conv blocks, then a 1×1 convolution to the raw outputs."""
+        blocks = [ConvBlock(channels if i == 0 else hidden, hidden, 3) for i in range(depth)]
+        return nn.Sequential(*blocks, nn.Conv2d(hidden, outputs, 1))
+
+    def init_biases(self, stride: int) -> None:
+        _prior_biases(self.cls_branch[-1].bias.view(self.a, self.c), stride, self.c, None, 0)
+        _prior_biases(self.box_branch[-1].bias.view(self.a, self.other), stride, 0, OBJ, None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cls = self.cls_branch(x)
+        box = self.box_branch(x)
+        b, _, h, w = x.shape
+        cls = cls.view(b, self.a, self.c, h, w)
+        box = box.view(b, self.a, self.other, h, w)
+        # D = (box 4, objectness 1, classes C, landmarks 2K)
+        return torch.cat((box[:, :, :CLS], cls, box[:, :, CLS:]), 2)  # (B, A, D, h, w)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -44,7 +44,7 @@ MODEL_SIZES: dict[str, SizeSpec] = {
     "medium": SizeSpec(widths=(48, 96, 192, 384, 768), depths=(2, 4, 6, 2), neck_depth=2),
 }
 
-HEADS = ("coupled", "decoupled")  # ModelConfig.head
+HEADS = ("coupled", "decoupled", "cls-branch")  # ModelConfig.head
 
 
 @dataclass(frozen=True)
@@ -64,11 +64,14 @@ class ModelConfig:
     skeleton: tuple[tuple[int, int], ...] = ()
     # The output layers on the neck: "coupled" = one 1×1 conv per stride for every value;
     # "decoupled" = per stride a 3×3 conv branch for the classes and another for box,
-    # objectness and landmarks, each before its own 1×1 conv (YOLOX/YOLOv8's split).
+    # objectness and landmarks, each before its own 1×1 conv (YOLOX/YOLOv8's split);
+    # "cls-branch" = the class branch only (box, objectness, landmarks: one 1×1 conv).
     # "coupled" here because model files written before this field have that head; new
     # training runs default to "decoupled" (TrainOptions.head).
     head: str = "coupled"
     head_depth: int = 1  # 3×3 conv blocks in each branch of a decoupled head
+    # Channels of a decoupled head's branches; 0: max(64, neck width / 2).
+    head_width: int = 0
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
@@ -77,6 +80,8 @@ class ModelConfig:
             raise ValueError(f"unknown head {self.head!r}; expected one of {HEADS}")
         if self.head_depth < 1:
             raise ValueError(f"head_depth must be >= 1, got {self.head_depth}")
+        if self.head_width < 0:
+            raise ValueError(f"head_width must be >= 0, got {self.head_width}")
         if self.head == "coupled" and self.head_depth != 1:
             raise ValueError(
                 f"head_depth applies to the decoupled head only, got {self.head_depth}"

@@ -340,6 +340,7 @@ def _start_from(
         size=options.model,
         head=options.head,
         head_depth=options.head_depth,
+        head_width=options.head_width,
         input_size=options.imgsz,
         anchors=fit_anchors(train_info, options.imgsz, options.config.seed, log),
         num_landmarks=train_info.kpt_shape[0] if train_info.kpt_shape else 0,

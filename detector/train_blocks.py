@@ -56,6 +56,7 @@ class TrainOptions:
     # classes about 5x faster per epoch than coupled (bench/README.md, "Recipe ablation").
     head: str = "decoupled"
     head_depth: int = 1  # 3×3 conv blocks per branch of a decoupled head
+    head_width: int = 0  # channels of a decoupled head's branches (0: the default)
     imgsz: int = 320  # square input side in pixels
     out: str = "runs/train"  # output folder: checkpoints, results.csv, plots
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -111,6 +111,24 @@ def test_decoupled_head_depth_adds_conv_blocks_and_keeps_the_output():
     assert shapes[0] == shapes[1] and params[0] < params[1]
 
 
+def test_head_width_and_the_class_only_branch():
+    """``head_width`` sets the branches' channels; ``cls-branch`` gives only the classes a
+    3x3 branch (box, objectness and landmarks stay one 1x1 conv); same output shapes."""
+    image = torch.rand(1, 3, SIZE, SIZE)
+    reference = [o.shape for o in YOLODetector(ModelConfig(num_classes=3, input_size=SIZE))(image)]
+    for head, width in (("decoupled", 16), ("cls-branch", 0), ("cls-branch", 24)):
+        config = ModelConfig(num_classes=3, input_size=SIZE, head=head, head_width=width)
+        model = YOLODetector(config).eval()
+        for h in model.heads:
+            if width:
+                assert h.cls_branch[0].conv.out_channels == width
+            box_blocks = sum(isinstance(m, ConvBlock) for m in h.box_branch)
+            assert box_blocks == (0 if head == "cls-branch" else 1)
+        assert [o.shape for o in model(image)] == reference
+    with pytest.raises(ValueError, match="head_width"):
+        ModelConfig(num_classes=3, head_width=-1)
+
+
 @pytest.mark.parametrize(
     ("assign", "head"),
     [*((rule, "coupled") for rule in sorted(ASSIGN_RULES)), ("multi", "decoupled")],

@@ -99,7 +99,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a new grid model's output layers: decoupled = a 3x3 conv branch for the "
         "classes and one for box and objectness (learns the classes much faster; tiny: "
         "1.35 GFLOPs at 320); coupled = one 1x1 conv per stride (tiny: 0.88 GFLOPs; the "
-        "shipped digits model's)",
+        "shipped digits model's); cls-branch = the 3x3 branch for the classes only "
+        "(tiny: 1.11 GFLOPs; learned little faster than coupled here, bench/README.md)",
     )
     p.add_argument(
         "--head-depth",
@@ -107,6 +108,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=ModelConfig.head_depth,
         metavar="N",
         help="3x3 conv blocks in each branch of a decoupled head",
+    )
+    p.add_argument(
+        "--head-width",
+        type=int,
+        default=ModelConfig.head_width,
+        metavar="C",
+        help="channels of a decoupled head's branches (0: max(64, neck width / 2))",
     )
     p.add_argument("--epochs", type=int, default=TRAIN.epochs, help="epochs to train")
     p.add_argument(
@@ -363,6 +371,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         head=args.head,
         head_depth=args.head_depth,
+        head_width=args.head_width,
         imgsz=args.imgsz,
         out=args.out,
         device=args.device,

@@ -90,7 +90,7 @@ class YOLODetector(nn.Module):
         self.backbone = Backbone(spec.widths, spec.depths)
         neck_widths = spec.widths[2:5]
         self.neck = Neck(neck_widths, spec.neck_depth)
-        head = DecoupledHead if config.head == "decoupled" else CoupledHead
+        head = CoupledHead if config.head == "coupled" else DecoupledHead
         self.heads = nn.ModuleList(head(w, config) for w in neck_widths)
         for h, stride in zip(self.heads, config.strides, strict=True):
             h.init_biases(stride)
@@ -150,15 +150,16 @@ class DecoupledHead(nn.Module):
         super().__init__()
         self.a, self.c = config.num_anchors, config.num_classes
         self.other = config.num_outputs - self.c  # 5 + 2K
-        hidden = max(DECOUPLED_MIN_WIDTH, channels // 2)
+        hidden = config.head_width or max(DECOUPLED_MIN_WIDTH, channels // 2)
         self.cls_branch = self._branch(channels, hidden, config.head_depth, self.a * self.c)
-        self.box_branch = self._branch(channels, hidden, config.head_depth, self.a * self.other)
+        box_depth = 0 if config.head == "cls-branch" else config.head_depth
+        self.box_branch = self._branch(channels, hidden, box_depth, self.a * self.other)
 
     @staticmethod
     def _branch(channels: int, hidden: int, depth: int, outputs: int) -> nn.Sequential:
         """``depth`` 3×3 conv blocks, then a 1×1 convolution to the raw outputs."""
         blocks = [ConvBlock(channels if i == 0 else hidden, hidden, 3) for i in range(depth)]
-        return nn.Sequential(*blocks, nn.Conv2d(hidden, outputs, 1))
+        return nn.Sequential(*blocks, nn.Conv2d(hidden if depth else channels, outputs, 1))
 
     def init_biases(self, stride: int) -> None:
         _prior_biases(self.cls_branch[-1].bias.view(self.a, self.c), stride, self.c, None, 0)

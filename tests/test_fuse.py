@@ -31,10 +31,13 @@ def _as_list(out):
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-@pytest.mark.parametrize("num_landmarks", [0, 5])
-def test_fused_grid_model_computes_the_same(num_landmarks):
+@pytest.mark.parametrize(
+    ("num_landmarks", "head"), [(0, "coupled"), (5, "coupled"), (0, "decoupled"), (2, "cls-branch")]
+)
+def test_fused_grid_model_computes_the_same(num_landmarks, head):
     torch.manual_seed(0)
-    model = YOLODetector(ModelConfig(num_classes=3, num_landmarks=num_landmarks)).eval()
+    config = ModelConfig(num_classes=3, num_landmarks=num_landmarks, head=head)
+    model = YOLODetector(config).eval()
     _randomise_batchnorm(model, 1)
     fused = fuse_conv_bn(copy.deepcopy(model))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +28,7 @@ from server.batcher import BatcherConfig
 from server.repository import ModelRepository
 
 HOST = "127.0.0.1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
 GRACE_S = 2.0  # shutdown grace of test servers
 WAIT_S = 20.0  # generous bound on anything that should happen soon
 TEST_TIMEOUT_S = 60.0
@@ -110,3 +115,32 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> 
     while not predicate():
         assert time.monotonic() < end, "condition not reached in time"
         await asyncio.sleep(0.01)
+
+
+def start_server_process(args: list[str]) -> tuple[subprocess.Popen, str, list[str]]:
+    """Start ``python ARGS`` (a server on ``--port 0``) in the repository root, one torch
+    thread, output unbuffered on a pipe; read its output until it says where it listens.
+
+    Returns:
+        the process, its ``host:port`` and the lines it printed so far.
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        while not (match := re.search(r"on 127\.0\.0\.1:(\d+)", "".join(lines))):
+            line = proc.stdout.readline()
+            assert line, f"server exited: {''.join(lines)}"
+            lines.append(line)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, f"127.0.0.1:{match.group(1)}", lines

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from server_fixtures import (
     random_images,
     run,
     serving,
+    start_server_process,
     wait_until,
 )
 
@@ -251,19 +251,10 @@ def test_graceful_stop_refuses_new_calls_and_finishes_calls_in_flight(gated):
 
 @pytest.mark.slow
 def test_sigterm_drains_calls_in_flight_and_exits_zero(model_dir):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-m", "server", "--models", str(model_dir), "--host", "127.0.0.1"]
+    args = ["-m", "server", "--models", str(model_dir), "--host", "127.0.0.1"]
     args += ["--port", "0", "--default", "m", "--max-batch", "8", "--max-delay-ms", "3000"]
-    proc = subprocess.Popen(
-        args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc, address, lines = start_server_process(args)
     try:
-        lines = []
-        while not (match := re.search(r"on 127\.0\.0\.1:(\d+)", "".join(lines))):
-            line = proc.stdout.readline()
-            assert line, f"server exited: {''.join(lines)}"
-            lines.append(line)
-        address = f"127.0.0.1:{match.group(1)}"
         with DetectorClient(address, timeout=60) as client, ThreadPoolExecutor(1) as pool:
             # the call waits in the queue for --max-delay-ms: in flight when SIGTERM comes
             in_flight = pool.submit(client.detect, GOOD, score_threshold=LOW_SCORE)

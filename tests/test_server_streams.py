@@ -5,11 +5,8 @@ frames a stream had read, then ends it with UNAVAILABLE without waiting out the 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +19,7 @@ from server_fixtures import (
     random_images,
     run,
     serving,
+    start_server_process,
     wait_until,
 )
 
@@ -196,20 +194,10 @@ def test_sigterm_answers_a_running_streams_frames_and_exits_zero_before_the_grac
     with "server shutting down", and the process exits 0 long before its 60 s grace,
     at once after "stopped": without the interpreter's teardown (1-3 s with torch), so
     an exit hook registered before the server started never runs."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-c", SERVER_WITH_EXIT_HOOK, "--models", str(model_dir)]
-    args += ["--host", "127.0.0.1"]
+    args = ["-c", SERVER_WITH_EXIT_HOOK, "--models", str(model_dir), "--host", "127.0.0.1"]
     args += ["--port", "0", "--default", "m", "--grace", str(LONG_GRACE_S)]
-    proc = subprocess.Popen(
-        args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc, address, lines = start_server_process(args)
     try:
-        lines = []
-        while not (match := re.search(r"on 127\.0\.0\.1:(\d+)", "".join(lines))):
-            line = proc.stdout.readline()
-            assert line, f"server exited: {''.join(lines)}"
-            lines.append(line)
-        address = f"127.0.0.1:{match.group(1)}"
 
         async def main():
             async with grpc.aio.insecure_channel(address) as channel:

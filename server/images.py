@@ -146,29 +146,33 @@ def jpeg_reduction(width: int, height: int, min_side: int) -> int:
     return 1
 
 
+def _header_size(source: ImageSource) -> tuple[str, int, int] | None:
+    """:func:`encoded_size` of encoded bytes; None for raw pixels and arrays, and for
+    bytes whose header does not parse (decoding them fails at once)."""
+    if not isinstance(source, bytes | bytearray | memoryview):
+        return None
+    try:
+        return encoded_size(source if isinstance(source, bytes) else bytes(source))
+    except ImageError:
+        return None
+
+
 def encoded_pixels(source: ImageSource) -> int:
     """``width * height`` of an encoded image, read from its header (0 for raw pixels and
     arrays, and for bytes whose header does not parse). What decoding it costs grows with
     this even when it is decoded reduced: libjpeg still reads every coefficient."""
-    if not isinstance(source, bytes | bytearray | memoryview):
-        return 0
-    try:
-        _, width, height = encoded_size(source if isinstance(source, bytes) else bytes(source))
-    except ImageError:
-        return 0
-    return width * height
+    size = _header_size(source)
+    return 0 if size is None else size[1] * size[2]
 
 
 def decoded_pixels(source: ImageSource, min_side: int) -> int:
     """How many pixels :func:`decode_reduced` will allocate to decode ``source``, read
     from its header (0 for raw pixels and arrays, which are not decoded, and for bytes
     whose header does not parse: decoding them fails at once)."""
-    if not isinstance(source, bytes | bytearray | memoryview):
+    size = _header_size(source)
+    if size is None:
         return 0
-    try:
-        fmt, width, height = encoded_size(source if isinstance(source, bytes) else bytes(source))
-    except ImageError:
-        return 0
+    fmt, width, height = size
     factor = jpeg_reduction(width, height, min_side) if fmt == "JPEG" else 1
     return -(-width // factor) * -(-height // factor)
 

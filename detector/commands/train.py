@@ -31,7 +31,8 @@ be a crops folder (one folder of images per class plus background/). Validation 
 same: COCO metrics on whole images. results.csv's obj and lmk columns are 0 for it (the
 background class takes objectness's part and counts in cls), and images_per_s counts crops.
 --batch counts images (each gives about (1 + --negatives) crops per object); the grid's
---model, --mosaic, --close-mosaic, --scale and --assign do not apply to it.
+--model, --head*, --mosaic, --close-mosaic, --scale, --assign, --obj-* and --cls-gain do not
+apply to it (given other than at their defaults, they are an error).
 
 Multi-GPU: torchrun --nproc-per-node N -m detector.train ...
 """
@@ -56,6 +57,22 @@ WINDOW_FLAGS = {
     "hard_negatives": "--hard-negatives",
     "hard_negative_epochs": "--hard-negative-epochs",
     "hard_negative_score": "--hard-negative-score",
+}
+# Flags of the grid kind only: argparse dest -> the flag. A sliding-window run given one
+# with a value other than its default fails (the defaults travel in the parsed arguments,
+# as ``grid_defaults``).
+GRID_FLAGS = {
+    "model": "--model",
+    "head": "--head",
+    "head_depth": "--head-depth",
+    "head_width": "--head-width",
+    "mosaic": "--mosaic",
+    "close_mosaic": "--close-mosaic",
+    "scale": "--scale",
+    "assign": "--assign",
+    "obj_gain": "--obj-gain",
+    "cls_gain": "--cls-gain",
+    "obj_target": "--obj-target",
 }
 # --obj-target's choices by LossConfig.iou_objectness.
 OBJ_TARGETS = {True: "iou", False: "one"}
@@ -289,7 +306,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true", help="a bad label is fatal instead of skipped")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, grid_defaults={dest: p.get_default(dest) for dest in GRID_FLAGS})
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -304,7 +321,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def window_train_config(args: argparse.Namespace) -> WindowTrainConfig:
     """The :class:`WindowTrainConfig` of parsed arguments; ``ValueError`` when a
-    sliding-window flag is given to a grid run."""
+    sliding-window flag is given to a grid run, or a grid flag (other than at its
+    default) to a sliding-window run."""
     given = [flag for dest, flag in WINDOW_FLAGS.items() if getattr(args, dest) is not None]
     if args.kind != "sliding-window":
         if given:
@@ -313,6 +331,16 @@ def window_train_config(args: argparse.Namespace) -> WindowTrainConfig:
                 f"{args.kind})"
             )
         return WINDOW
+    defaults = getattr(args, "grid_defaults", {})
+    grid_given = [
+        flag
+        for dest, flag in GRID_FLAGS.items()
+        if dest in defaults and getattr(args, dest) != defaults[dest]
+    ]
+    if grid_given:
+        raise ValueError(
+            f"{', '.join(grid_given)} apply to grid models only, not to --kind sliding-window"
+        )
     values = {
         "window": args.window,
         "min_size": args.min_size,

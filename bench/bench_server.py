@@ -241,8 +241,6 @@ def main(argv: list[str] | None = None) -> int:
         help="onnxruntime: the model is exported to ONNX first and served from that (CPU)",
     )
     args = parser.parse_args(argv)
-    if args.backend == "onnxruntime" and args.device == "auto":
-        args.device = "cpu"  # as Detector.load and the server do for this backend
 
     width, height = (int(v) for v in args.image_size.lower().split("x"))
     image = make_image(width, height)

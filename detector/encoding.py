@@ -553,7 +553,10 @@ def decode_candidates(
     """What inference needs of :func:`decode`, in fewer operations: per anchor of every
     cell, its xyxy box, its best class and score = objectness × that class's probability,
     and its landmarks. The best class is that of the largest class logit (the sigmoid is
-    monotonic, so it is the most probable class; of equal logits, the first).
+    monotonic, so it is the most probable class; of equal logits, the first). Its box and
+    landmark formulas are :func:`decode_scale`'s, written out for the hot path (through
+    ``decode_scale`` and ``box_convert`` it measured about 1.4x the time);
+    ``tests/test_fuse.py`` holds the two equal.
 
     Returns:
         boxes ``(B, P, 4)`` xyxy, scores ``(B, P)``, class ids ``(B, P)`` int64 and

@@ -175,8 +175,8 @@ def window_candidates(
 ) -> list[WindowCandidates]:
     """Turn one level's raw output into candidates in original image pixels.
 
-    Each window's box is decoded from its regression (:func:`decode_window_boxes`) in the
-    level's pixels and mapped back by the level's exact per-axis scale. Its score is the
+    Each window's box is decoded from its regression (:func:`decode_window_boxes`; the
+    window itself when ``config.regress_boxes`` is False) in the level's pixels and mapped back by the level's exact per-axis scale. Its score is the
     largest softmax probability over the C + 1 logits among the C object classes.
 
     Args:
@@ -193,8 +193,11 @@ def window_candidates(
     probs = flat[:, : c + 1].softmax(1)  # (B, C + 1, P)
     scores, labels = probs[:, BACKGROUND + 1 :].max(1)  # (B, P) each, labels in [0, C)
     windows = window_boxes(config, tuple(raw.shape[-2:]), raw.device)  # (P, 4)
-    deltas = flat[:, c + 1 :].transpose(1, 2)  # (B, P, 4)
-    boxes = decode_window_boxes(deltas, windows)  # (B, P, 4) in level pixels
+    if config.regress_boxes:
+        deltas = flat[:, c + 1 :].transpose(1, 2)  # (B, P, 4)
+        boxes = decode_window_boxes(deltas, windows)  # (B, P, 4) in level pixels
+    else:  # the window itself
+        boxes = windows.expand(raw.shape[0], -1, -1)  # (B, P, 4)
     lb = level.letterbox()
     return [
         WindowCandidates(boxes_to_original(boxes[b], lb, clip=False), scores[b], labels[b])

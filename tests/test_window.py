@@ -244,3 +244,33 @@ def test_config_round_trip():
     assert config.num_outputs == 2 + 1 + 4
     with pytest.raises(ValueError, match="unknown window config keys"):
         WindowConfig.from_dict(data | {"size": "tiny"})
+
+
+def test_a_grayscale_model_reads_luma_and_still_equals_cropping():
+    config = WindowConfig(num_classes=2, window=24, grayscale=True)
+    model = random_model(config)
+    assert model.features[0][0].in_channels == 1
+    assert "luma" not in model.state_dict()  # fixed by the config, not a weight
+    image = torch.rand(3, 41, 57)
+    with torch.no_grad():
+        whole = model(image[None])[0]  # (C + 5, H', W')
+        # the same as the grey image (OpenCV's RGB2GRAY weights) repeated in every channel
+        grey = (image * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0)
+        torch.testing.assert_close(model(grey.expand(3, -1, -1)[None])[0], whole)
+        output_size = tuple(whole.shape[-2:])
+        crops = model(crops_at(image, config, output_size))  # (P, C + 5, 1, 1)
+    torch.testing.assert_close(crops[:, :, 0, 0], whole.flatten(1).T, atol=1e-4, rtol=1e-4)
+
+
+def test_without_box_regression_a_candidate_is_its_window():
+    config = WindowConfig(num_classes=3, window=32, regress_boxes=False)
+    level = PyramidLevel(0.5, (96, 128), (48, 64))
+    raw = torch.randn(2, config.num_outputs, *config.output_size(level.size))
+    for cand in window_candidates(raw, config, level):
+        want = window_boxes(config, tuple(raw.shape[-2:])) * 2  # level pixels -> original
+        assert torch.equal(cand.boxes, want)
+    assert WindowConfig.from_dict(config.to_dict()) == config
+    old_file = {
+        k: v for k, v in config.to_dict().items() if k not in ("grayscale", "regress_boxes")
+    }
+    assert WindowConfig.from_dict(old_file).regress_boxes  # files from before: regressing

@@ -6,7 +6,8 @@ from a W×W input, the others are 1×1. On a W×W crop it outputs one vector; on
 image the same weights emit one vector per window, windows ``stride`` pixels apart, and
 each equals what the crop at that place would give (BatchNorm in eval mode).
 
-``forward`` takes ``(B, 3, H, W)`` float RGB in [0, 1] and always returns the raw output
+``forward`` takes ``(B, 3, H, W)`` float RGB in [0, 1] (a ``grayscale`` model first takes
+its luma) and always returns the raw output
 ``(B, C + 1 + 4, H', W')``: channels ``[0, C + 1)`` are class logits (index 0 is the
 background), ``[C + 1, C + 5)`` the box regression of :func:`encode_window_box`.
 
@@ -24,6 +25,7 @@ from torch import nn
 
 BACKGROUND = 0  # index of the background logit; class id c has logit c + 1
 NUM_BOX_VALUES = 4  # (tx, ty, tw, th) per window, see encode_window_box
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma of R, G, B (OpenCV's RGB2GRAY)
 # decode_window_boxes clamps tw, th here: a box at most 1000/16 times the window's side
 # (torchvision's BoxCoder bound), so a wild regression cannot overflow exp.
 MAX_LOG_SCALE = math.log(1000.0 / 16)
@@ -44,6 +46,12 @@ class WindowConfig:
     input_size: int = 320  # network-input pixels, >= window
     min_size: float = 0.0  # smallest object side to find, input pixels; 0 = the window
     scale_step: float = 2 ** (1 / 4)  # object-size ratio between neighbouring levels, > 1
+    # Read the RGB input as luminance (LUMA_WEIGHTS, a fixed first step; the first
+    # convolution then has one input channel): for classes that grey crops show.
+    grayscale: bool = False
+    # Whether a detection's box is its window's regression (OverFeat) or the window itself:
+    # False for a model trained on whole crops only, whose regressor had no target.
+    regress_boxes: bool = True
 
     def __post_init__(self) -> None:
         if self.input_size < self.window:
@@ -166,7 +174,10 @@ class WindowClassifier(nn.Module):
         super().__init__()
         self.config = config
         layers: list[nn.Module] = []
-        channels = 3
+        channels = 1 if config.grayscale else 3
+        # (1, 3, 1, 1) luma weights; not in the state dict (fixed by the config)
+        luma = torch.tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
+        self.register_buffer("luma", luma, persistent=False)
         for width in config.stage_widths:
             for _ in range(config.convs_per_stage):
                 layers.append(_valid_conv(channels, width))
@@ -199,6 +210,8 @@ class WindowClassifier(nn.Module):
             ``(B, C + 5, H', W')`` with ``(H', W') = config.output_size((H, W))``; position
             ``(i, j)`` is the window with top-left corner ``(j * stride, i * stride)``.
         """
+        if self.config.grayscale:
+            images = (images * self.luma).sum(1, keepdim=True)  # (B, 1, H, W)
         x = self.features(images)  # (B, c, ~H/stride, ~W/stride)
         return self.head(self.fully_connected(x))  # (B, C + 5, H', W')
 

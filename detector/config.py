@@ -228,6 +228,7 @@ class WindowTrainConfig:
     min_size: float | None = None
     stage_widths: tuple[int, ...] | None = None  # conv stage channels; None: WindowConfig's
     fc_widths: tuple[int, ...] | None = None  # "fully connected" widths; None: WindowConfig's
+    grayscale: bool = False  # the model reads its input as luminance (WindowConfig.grayscale)
     negatives_per_positive: int = 3  # random negative crops per positive crop
     box_gain: float = 1.0  # weight of the smooth-L1 box term (class cross-entropy weighs 1)
     hard_negative_rounds: int = 1  # rounds of hard-negative mining (0: none)

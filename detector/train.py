@@ -334,7 +334,9 @@ def _start_from(
         log(f"initialised from {options.init} ({what})")
         return model_config, None, init_state
     if window_kind:
-        return window_model_config(options.window, train_info, options.imgsz, log), None, None
+        whole_crops = is_crop_folder(options.data)
+        config = window_model_config(options.window, train_info, options.imgsz, log, whole_crops)
+        return config, None, None
     model_config = ModelConfig(
         num_classes=len(train_info.names),
         size=options.model,

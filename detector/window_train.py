@@ -2,7 +2,8 @@
 
 The trainer's steps are shared by every kind; this module gives the sliding-window kind's
 parts: its :class:`WindowConfig` from the options and the training boxes, its crop
-dataset and loss, and hard-negative mining before the epochs
+dataset and loss, and hard-negative mining (over the training images; of a crops folder,
+over the scenes of its ``background/``) before the epochs
 :func:`hard_negative_epochs` names. The network trained on crops is the pyramid model's
 :class:`~detector.models.window.WindowClassifier` (``WindowDetector.classifier``), so
 ``last`` / ``best`` hold a whole ``sliding-window`` model file.
@@ -22,7 +23,7 @@ import numpy as np
 from detector.config import WindowTrainConfig
 from detector.data.transforms import AugmentConfig
 from detector.data.types import DatasetInfo
-from detector.data.window_crops import WindowCropDataset, is_crop_folder
+from detector.data.window_crops import WindowCropDataset, is_crop_folder, is_scene
 from detector.hard_negatives import false_positive_windows
 from detector.models.window import WindowConfig
 
@@ -42,8 +43,12 @@ def window_model_config(
     info: DatasetInfo,
     input_size: int,
     log: Callable[[str], None],
+    whole_crops: bool = False,
 ) -> WindowConfig:
     """The classifier and pyramid of a new window model for ``info`` at ``input_size``.
+
+    ``whole_crops`` (a crops folder): the crops carry no box target, so the model's boxes
+    are its windows (``regress_boxes`` False).
 
     ``min_size`` None becomes the ``MIN_SIZE_PERCENTILE``-th percentile of the training
     boxes' longer sides in letterboxed input pixels, at least ``window / MAX_UPSCALE``.
@@ -74,6 +79,8 @@ def window_model_config(
         class_names=tuple(info.names),
         input_size=input_size,
         min_size=min_size,
+        grayscale=window.grayscale,
+        regress_boxes=not whole_crops,
         **shape,
     )
 
@@ -131,16 +138,17 @@ def mine_hard_negatives(run: TrainRun, epoch: int) -> None:
 
     detector = Detector(run.ema.module, run.model_config, run.device, WINDOW_KIND)
     dataset: WindowCropDataset = run.dataset
+    indices = mining_indices(dataset)
     found = false_positive_windows(
         detector,
-        dataset.info,
+        replace(dataset.info, samples=[dataset.info.samples[i] for i in indices]),
         window.hard_negative_score,
         window.hard_negatives_per_image,
         batch_size=run.cfg.batch_size,
         progress=run.main_process and run.options.progress,
     )
     rows = list(run.metadata.get(HARD_NEGATIVES_KEY, []))
-    for index, windows in enumerate(found):
+    for index, windows in zip(indices, found, strict=True):
         dataset.add_hard_negatives(index, windows)
         rows += [[index, *(int(v) for v in w)] for w in windows]
     run.metadata[HARD_NEGATIVES_KEY] = rows
@@ -151,6 +159,15 @@ def mine_hard_negatives(run: TrainRun, epoch: int) -> None:
         f"{window.hard_negative_score:g}) from {images} of {len(found)} images added; "
         f"{dataset.num_hard_negatives()} in all"
     )
+
+
+def mining_indices(dataset: WindowCropDataset) -> list[int]:
+    """The samples hard-negative mining runs on: every image of a box dataset; of a crops
+    folder, its scenes only (a whole crop is one window, nothing to mine in it)."""
+    samples = dataset.info.samples
+    if not dataset.whole_images:
+        return list(range(len(samples)))
+    return [i for i, s in enumerate(samples) if is_scene(s, dataset.window)]
 
 
 def window_train_metadata(window: WindowTrainConfig) -> dict:

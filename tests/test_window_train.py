@@ -28,6 +28,7 @@ from detector.data.window_crops import (
     collate_crops,
     crop_targets,
     is_crop_folder,
+    is_scene,
     load_crop_folder,
     negative_window,
     positive_window,
@@ -39,7 +40,12 @@ from detector.predict import Detector
 from detector.settings import Detections
 from detector.train import RESULTS_FIELDS, TrainOptions, train
 from detector.window_loss import SMOOTH_L1_BETA, WindowLoss
-from detector.window_train import HARD_NEGATIVES_KEY, hard_negative_epochs
+from detector.window_train import (
+    HARD_NEGATIVES_KEY,
+    hard_negative_epochs,
+    mining_indices,
+    window_model_config,
+)
 
 IMGSZ = 64
 WINDOW = 24  # 12 + 3 * stride 4: the smallest handy window of the default widths
@@ -383,3 +389,53 @@ def test_window_flags_on_a_grid_run_and_crops_folder_errors(
     (crops / "a").mkdir()
     with pytest.raises(ValueError, match="crops folder"):
         train(replace(_options(crops, tmp_path / "run", 1), kind="grid"))
+
+
+def test_crops_folder_scenes_give_random_and_mined_negative_windows(tmp_path: Path) -> None:
+    """A background/ image of at least SCENE_WINDOWS windows is a whole scene: random
+    negative windows each epoch plus its mined ones; a smaller one stays one crop; mining
+    runs on the scenes only."""
+    root = tmp_path / "crops"
+    rng = np.random.default_rng(0)
+    for folder, shapes in (("a", [(20, 20)] * 10), ("background", [(20, 30), (120, 100)])):
+        (root / folder).mkdir(parents=True)
+        for i, (h, w) in enumerate(shapes):
+            image = rng.integers(0, 255, (h, w, 3), np.uint8)
+            cv2.imwrite(str(root / folder / f"{i:02d}.png"), image)
+    info = load_crop_folder(root, "train")
+    scene = next(i for i, s in enumerate(info.samples) if s.width == 100)
+    crop = next(i for i, s in enumerate(info.samples) if s.width == 30)
+    assert is_scene(info.samples[scene], 24) and not is_scene(info.samples[crop], 24)
+    assert not any(is_scene(s, 24) for s in info.samples if len(s.boxes))
+    dataset = WindowCropDataset(
+        info, 24, 64, 12.0, AugmentConfig(), negatives_per_positive=5, whole_images=True
+    )
+    assert mining_indices(dataset) == [scene]
+    crops, targets, _ = dataset[scene]
+    assert crops.shape == (5, 3, 24, 24) and (targets.labels == BACKGROUND).all()
+    assert not targets.has_box.any()
+    assert torch.equal(dataset[scene][0], crops)  # the same epoch: the same windows
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[scene][0], crops)  # another epoch: other windows
+    assert len(dataset[crop][0]) == 1
+    dataset.add_hard_negatives(scene, np.array([[10, 10, 40, 40]]))
+    crops, targets, _ = dataset[scene]
+    assert len(crops) == 6 and (targets.labels == BACKGROUND).all()
+    box_data = WindowCropDataset(info, 24, 64, 12.0, AugmentConfig())
+    assert mining_indices(box_data) == list(range(len(info.samples)))
+
+
+def test_a_crops_folder_model_boxes_are_its_windows_and_gray_is_recorded(tmp_path: Path) -> None:
+    root = tmp_path / "crops"
+    rng = np.random.default_rng(1)
+    for folder in ("a", "background"):
+        (root / folder).mkdir(parents=True)
+        for i in range(10):
+            cv2.imwrite(
+                str(root / folder / f"{i}.png"), rng.integers(0, 255, (24, 24, 3), np.uint8)
+            )
+    info = load_crop_folder(root)
+    gray = WindowTrainConfig(window=24, min_size=0, grayscale=True)
+    config = window_model_config(gray, info, 64, print, whole_crops=True)
+    assert config.grayscale and not config.regress_boxes
+    assert window_model_config(gray, info, 64, print).regress_boxes

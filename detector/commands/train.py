@@ -53,10 +53,12 @@ WINDOW_FLAGS = {
     "min_size": "--min-size",
     "window_widths": "--window-widths",
     "fc_widths": "--fc-widths",
+    "gray": "--gray",
     "negatives": "--negatives",
     "hard_negatives": "--hard-negatives",
     "hard_negative_epochs": "--hard-negative-epochs",
     "hard_negative_score": "--hard-negative-score",
+    "hard_negatives_per_image": "--hard-negatives-per-image",
 }
 # Flags of the grid kind only: argparse dest -> the flag. A sliding-window run given one
 # with a value other than its default fails (the defaults travel in the parsed arguments,
@@ -280,10 +282,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default: WindowConfig.fc_widths)",
     )
     w.add_argument(
+        "--gray",
+        action="store_const",
+        const=True,
+        help="the model reads its input as luminance (a fixed RGB-to-grey first step, kept "
+        "in the model file): for grey training crops and colour photos alike",
+    )
+    w.add_argument(
         "--negatives",
         type=int,
         metavar="N",
-        help=f"random background crops per object crop (default {WINDOW.negatives_per_positive})",
+        help=f"random background crops per object crop, and per scene of a crops folder's "
+        f"background/ (default {WINDOW.negatives_per_positive})",
     )
     w.add_argument(
         "--hard-negatives",
@@ -302,6 +312,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--hard-negative-score",
         type=float,
         help=f"a false positive scores at least this (default {WINDOW.hard_negative_score:g})",
+    )
+    w.add_argument(
+        "--hard-negatives-per-image",
+        type=int,
+        metavar="N",
+        help="keep at most the N highest-scoring false positives of an image per round "
+        f"(default {WINDOW.hard_negatives_per_image})",
     )
     p.add_argument("--strict", action="store_true", help="a bad label is fatal instead of skipped")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots at the end")
@@ -346,10 +363,12 @@ def window_train_config(args: argparse.Namespace) -> WindowTrainConfig:
         "min_size": args.min_size,
         "stage_widths": args.window_widths,
         "fc_widths": args.fc_widths,
+        "grayscale": args.gray,
         "negatives_per_positive": args.negatives,
         "hard_negative_rounds": args.hard_negatives,
         "hard_negative_epochs": args.hard_negative_epochs,
         "hard_negative_score": args.hard_negative_score,
+        "hard_negatives_per_image": args.hard_negatives_per_image,
         "box_gain": args.box_gain,
     }
     return WindowTrainConfig(**{k: v for k, v in values.items() if v is not None})

@@ -24,7 +24,11 @@ horizontal flip with probability ``fliplr`` (``AugmentConfig``; 0 for digits or 
 A **crops folder** (``--data`` a folder with ``background/``: one folder of images per
 class plus ``background/``) reads as a :class:`DatasetInfo` whose samples are whole crops
 (:func:`load_crop_folder`); the dataset then resizes each whole image to W×W with its
-folder's class and no regression target (the box loss is masked).
+folder's class and no regression target (the box loss is masked). A ``background/`` image
+whose short side is at least ``SCENE_WINDOWS`` windows is a **scene** (a whole photo
+without objects, as Dalal–Triggs and Viola–Jones trained on): each epoch it gives
+``negatives_per_positive`` random negative windows (as an image of a box dataset without
+objects), plus the hard negatives mined on it (:func:`is_scene`).
 
 Windows are ``(4,)`` float xyxy in the image's pixels, integer-aligned (``x0, y0`` and the
 side are whole pixels), so a crop is exactly the pixels of its window. Every random choice
@@ -58,6 +62,7 @@ NEGATIVES_PER_POSITIVE = 3  # random negatives per positive (per image without o
 NEGATIVE_ATTEMPTS = 20  # draws per negative before it is left out
 CONTRAST = 0.2  # contrast gain drawn from [1 - CONTRAST, 1 + CONTRAST]
 BACKGROUND_DIR = "background"  # the crops folder's class-less images
+SCENE_WINDOWS = 4  # a background/ image at least this many windows on its short side is a scene
 CROP_FOLDER_VAL_EVERY = 10  # a crops folder's every 10th image (per class, sorted) validates
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -244,7 +249,8 @@ class WindowCropDataset(Dataset):
         negatives_per_positive: random negatives per positive.
         whole_images: each sample is a crop of a crops folder: one crop per image, the
             whole image, labelled by its first box's class (background without a box),
-            no regression target.
+            no regression target; a scene (:func:`is_scene`) gives random negative
+            windows instead.
     """
 
     def __init__(
@@ -333,7 +339,10 @@ class WindowCropDataset(Dataset):
         image, sample = self.load(index)
         rng = np.random.default_rng((self.seed, self.epoch, index))
         size, pad = self.window, self.augment.pad_value
-        if self.whole_images:
+        if self.whole_images and is_scene(sample, self.window):
+            windows, labels, boxes = self.windows(sample, image.shape[:2], rng, index)
+            crops = [cut_window(image, win, size, pad) for win in windows]
+        elif self.whole_images:
             label = int(sample.classes[0]) + 1 if len(sample.classes) else BACKGROUND
             crops = [resize_square(image, size)]
             h, w = image.shape[:2]
@@ -385,6 +394,12 @@ def collate_crops(
     """Concatenate items' crops into ``(N, 3, W, W)`` uint8 and their targets."""
     crops = torch.cat([item[0] for item in items])
     return crops, WindowTargets.cat([item[1] for item in items]), [item[2] for item in items]
+
+
+def is_scene(sample: Sample, window: int) -> bool:
+    """Whether a crops folder's sample is a scene: a background image (no box) whose short
+    side is at least ``SCENE_WINDOWS`` windows of ``window`` pixels."""
+    return len(sample.boxes) == 0 and min(sample.width, sample.height) >= SCENE_WINDOWS * window
 
 
 def is_crop_folder(path: str | Path) -> bool:

@@ -40,6 +40,24 @@ disjoint random streams. Convert with: detector convert --to coco.
 Needs the optional extra: pip install 'yolo-detector[synth]'.
 """
 
+LFW_HELP = """\
+Write a crops folder of real faces for 'detector train --kind sliding-window':
+scikit-image's lfw_subset (100 face and 100 non-face 25x25 grey crops from Labeled
+Faces in the Wild), the faces jittered (shift, scale, rotation, flip, brightness,
+contrast), plus face-free scikit-image photos and textures as whole scenes:
+
+  DIR/face/cCC_fFFF.png          COPIES jittered copies of each face (copy 0: the original)
+  DIR/background/lfw_NNN.png     the non-face crops
+  DIR/background/scene_NAME.png  face-free photos; training cuts negative windows from them
+
+Never written: astronaut and camera (real faces: the shipped model's test photos) and the
+held-out face-free photos coffee, rocket, chelsea (= cat), gravel and text. Every 10th
+file of each folder validates; the face files are named copy-major, so every copy of one
+face in ten validates. The same --seed gives byte-identical files.
+Needs the optional extra: pip install 'yolo-detector[synth]'.
+"""
+# detector.data.lfw_faces.COPIES, repeated so that --help stays light; a test checks it.
+LFW_COPIES = 10
 
 VIDEO_HELP = """\
 Write a test clip of handwritten digits (scikit-learn's load_digits, validation glyphs
@@ -67,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``synth`` and its generators to the ``detector`` command."""
     parser = subparsers.add_parser(
         "synth",
-        help="generate a synthetic dataset (handwritten digits, faces) or a test video",
+        help="generate a synthetic dataset (handwritten digits, faces, lfw face crops) or a test video",
         description="Generate a synthetic labelled dataset.",
     )
     kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
@@ -100,6 +118,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     faces.add_argument("--max-faces", type=int, default=6, help="most faces per image (default: 6)")
     _output_arguments(faces)
     faces.set_defaults(func=run_faces)
+    lfw = kinds.add_parser(
+        "lfw-faces",
+        help="real face crops (scikit-image's lfw_subset) and face-free scenes, a crops folder",
+        description=LFW_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    lfw.add_argument("--out", required=True, metavar="DIR", help="crops folder to write")
+    lfw.add_argument("--seed", type=int, default=0, help="augmentation seed (default: 0)")
+    lfw.add_argument(
+        "--copies",
+        type=int,
+        default=LFW_COPIES,
+        metavar="N",
+        help=f"jittered copies of each face (default: {LFW_COPIES})",
+    )
+    lfw.add_argument("--overwrite", action="store_true", help="replace the crops in DIR")
+    lfw.set_defaults(func=run_lfw_faces)
     video = kinds.add_parser(
         "video",
         help="a clip of handwritten digits moving over a background, to try 'detector video'",
@@ -196,6 +231,24 @@ def run_faces(args: argparse.Namespace) -> int:
         print(f"  {split}: {n_images} images, {summary.faces[split]} faces")
     print(f"  visible landmarks: {100 * summary.visible_points:.1f} %")
     print(f"  face box height: min {lo:.0f} px, median {mid:.0f} px, max {hi:.0f} px")
+
+
+def run_lfw_faces(args: argparse.Namespace) -> int:
+    """Write the lfw-faces crops folder and say what was written; returns the exit code."""
+    from detector.data.lfw_faces import generate_lfw_faces
+
+    try:
+        summary = generate_lfw_faces(
+            args.out, seed=args.seed, copies=args.copies, overwrite=args.overwrite
+        )
+    except (ImportError, ValueError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(
+        f"wrote {summary.root}: {summary.faces} face crops, {summary.crops} non-face crops "
+        f"and {summary.scenes} face-free scenes in {summary.seconds:.1f} s"
+    )
+    return 0
 
 
 def run_video(args: argparse.Namespace) -> int:

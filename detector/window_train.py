@@ -48,12 +48,16 @@ def window_model_config(
     """The classifier and pyramid of a new window model for ``info`` at ``input_size``.
 
     ``whole_crops`` (a crops folder): the crops carry no box target, so the model's boxes
-    are its windows (``regress_boxes`` False).
+    are its windows (``regress_boxes`` False), and no object size, so ``min_size`` None
+    becomes ``window / MAX_UPSCALE`` (the crops' letterboxed sides would give the input).
 
     ``min_size`` None becomes the ``MIN_SIZE_PERCENTILE``-th percentile of the training
     boxes' longer sides in letterboxed input pixels, at least ``window / MAX_UPSCALE``.
     """
     min_size = window.min_size
+    if min_size is None and whole_crops:  # whole crops say nothing of the objects' sizes
+        min_size = window.window / MAX_UPSCALE
+        log(f"min size: {min_size:g} input pixels (window / {MAX_UPSCALE:g}: whole crops)")
     if min_size is None:
         sides = [
             (s.boxes[:, 2:] - s.boxes[:, :2]).max(1) * input_size / max(s.width, s.height)

@@ -439,3 +439,5 @@ def test_a_crops_folder_model_boxes_are_its_windows_and_gray_is_recorded(tmp_pat
     config = window_model_config(gray, info, 64, print, whole_crops=True)
     assert config.grayscale and not config.regress_boxes
     assert window_model_config(gray, info, 64, print).regress_boxes
+    auto = window_model_config(WindowTrainConfig(window=24), info, 64, print, whole_crops=True)
+    assert auto.min_size == 12.0  # not the crops' letterboxed side, 64

@@ -176,8 +176,9 @@ def window_candidates(
     """Turn one level's raw output into candidates in original image pixels.
 
     Each window's box is decoded from its regression (:func:`decode_window_boxes`; the
-    window itself when ``config.regress_boxes`` is False) in the level's pixels and mapped back by the level's exact per-axis scale. Its score is the
-    largest softmax probability over the C + 1 logits among the C object classes.
+    window itself when ``config.regress_boxes`` is False) in the level's pixels and mapped
+    back by the level's exact per-axis scale. Its score is the largest softmax probability
+    over the C + 1 logits among the C object classes.
 
     Args:
         raw: ``(B, C + 5, H', W')`` output of the classifier on ``resize_to_level(images,

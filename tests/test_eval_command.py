@@ -226,6 +226,18 @@ def test_info_describes_a_model_file(workspace, capsys):
     assert "no-such-model" in capsys.readouterr().err
 
 
+def test_info_counts_parameters_and_flops_of_a_landmark_model(tmp_path, capsys):
+    from detector.models.yolo import count_parameters
+
+    config = ModelConfig(num_classes=1, input_size=INPUT_SIZE, num_landmarks=5)
+    model = YOLODetector(config)
+    path = Checkpoint(config, "landmark", model.state_dict()).save(tmp_path / "f.safetensors")
+    assert main(["info", "--weights", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "kind: landmark" in out and "GFLOPs: " in out
+    assert f"parameters: {count_parameters(model) / 1e6:.2f} M" in out
+
+
 def test_info_tells_epochs_run_from_the_best_epoch_and_rounds_anchors(tmp_path, capsys):
     anchors = (((10.0, 13.0),), ((30.0, 61.0),), ((70.0, 103.00000762939453),))
     config = ModelConfig(num_classes=2, input_size=INPUT_SIZE, anchors=anchors)

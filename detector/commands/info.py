@@ -147,9 +147,13 @@ def _landmarks_line(config: ModelConfig) -> str:
     return f"landmarks: {config.num_landmarks} ({names}){flip}{skeleton}"
 
 
+GRID_NETWORK_KINDS = ("grid", "landmark")  # kinds built as YOLODetector (detector.kinds)
+
+
 def _compute_lines(checkpoint: Checkpoint, imgsz: int | None) -> list[str]:
-    """Parameters and GFLOPs for a grid model; the stored tensor sizes otherwise."""
-    if checkpoint.kind != "grid":
+    """Parameters and GFLOPs for the grid network (grid and landmark kinds); the stored
+    tensor sizes otherwise."""
+    if checkpoint.kind not in GRID_NETWORK_KINDS:
         values = sum(t.numel() for t in checkpoint.inference_state.values())
         return [f"stored weight values: {values / MEGA:.2f} M"]
     from detector.models.yolo import YOLODetector, count_flops, count_parameters

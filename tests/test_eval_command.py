@@ -238,6 +238,27 @@ def test_info_counts_parameters_and_flops_of_a_landmark_model(tmp_path, capsys):
     assert f"parameters: {count_parameters(model) / 1e6:.2f} M" in out
 
 
+def test_info_describes_a_sliding_window_model_file(tmp_path, capsys):
+    """A window model has no size, strides or anchors: info says its window and pyramid
+    (it used to fail on ``config.size``, and --json on ``config.anchors``)."""
+    from detector.models.window import WindowConfig
+    from detector.window_pyramid import WindowDetector
+
+    config = WindowConfig(num_classes=2, input_size=64, grayscale=True, class_names=("a", "b"))
+    state = WindowDetector(config).state_dict()
+    path = Checkpoint(config, "sliding-window", state).save(tmp_path / "w.safetensors")
+    assert main(["info", "--weights", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "kind: sliding-window" in out and "classes: 2: a, b" in out
+    assert f"window: 32x32, stride {config.stride}" in out and "read as luminance" in out
+    assert "stored weight values: " in out and "anchors" not in out
+    assert main(["info", "--weights", str(path), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["kind"] == "sliding-window" and record["model"] == json.loads(
+        json.dumps(config.to_dict())
+    )
+
+
 def test_info_tells_epochs_run_from_the_best_epoch_and_rounds_anchors(tmp_path, capsys):
     anchors = (((10.0, 13.0),), ((30.0, 61.0),), ((70.0, 103.00000762939453),))
     config = ModelConfig(num_classes=2, input_size=INPUT_SIZE, anchors=anchors)

@@ -12,6 +12,7 @@ from detector.commands import HelpFormatter
 if TYPE_CHECKING:
     from detector.checkpoint import Checkpoint
     from detector.config import ModelConfig
+    from detector.models.window import WindowConfig
 
 DEFAULT_IMGSZ = 320
 DEFAULT_CLASSES = 10
@@ -87,22 +88,44 @@ def sizes_table(imgsz: int, num_classes: int) -> str:
     return "\n".join(lines)
 
 
+def _window_lines(config: WindowConfig) -> list[str]:
+    """What a sliding-window model's config says: classes, window, pyramid, input."""
+    colour = "luminance" if config.grayscale else "RGB"
+    boxes = "regressed" if config.regress_boxes else "the windows"
+    return [
+        f"classes: {config.num_classes}: {', '.join(config.names)}",
+        f"input: {config.input_size}x{config.input_size} (letterboxed, read as {colour})",
+        f"window: {config.window}x{config.window}, stride {config.stride}, boxes {boxes}",
+        f"pyramid: min size {config.min_size:g} input pixels (0: the window), "
+        f"scale step {config.scale_step:.4g}",
+        f"widths: stages {list(config.stage_widths)}, fully connected {list(config.fc_widths)}",
+    ]
+
+
 def model_report(path: Path, checkpoint: Checkpoint, imgsz: int | None = None) -> str:
     """The lines ``detector info --weights`` prints for one model file."""
+    from detector.models.window import WindowConfig  # torch: loaded with the checkpoint
+
     config = checkpoint.config
+    if isinstance(config, WindowConfig):
+        network = _window_lines(config)
+    else:
+        network = [
+            f"size: {config.size}",
+            f"classes: {config.num_classes}: {', '.join(config.names)}",
+            f"input: {config.input_size}x{config.input_size} (letterboxed RGB)",
+            f"strides: {list(config.strides)}",
+            "anchors (w, h) in input pixels:",
+            *(
+                f"  stride {s}: {list(_rounded(a, ANCHOR_DECIMALS))}"
+                for s, a in zip(config.strides, config.anchors, strict=True)
+            ),
+            _landmarks_line(config),
+        ]
     lines = [
         f"file: {path}",
         f"kind: {checkpoint.kind}",
-        f"size: {config.size}",
-        f"classes: {config.num_classes}: {', '.join(config.names)}",
-        f"input: {config.input_size}x{config.input_size} (letterboxed RGB)",
-        f"strides: {list(config.strides)}",
-        "anchors (w, h) in input pixels:",
-        *(
-            f"  stride {s}: {list(_rounded(a, ANCHOR_DECIMALS))}"
-            for s, a in zip(config.strides, config.anchors, strict=True)
-        ),
-        _landmarks_line(config),
+        *network,
         f"weights: {'EMA' if checkpoint.ema_state is not None else 'model'}",
         *_compute_lines(checkpoint, imgsz),
         *_metadata_lines(checkpoint.metadata, resumable=checkpoint.optimizer_state is not None),
@@ -130,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = Checkpoint.load(path)
     if args.json:
         model = checkpoint.config.to_dict()
-        model["anchors"] = _rounded(checkpoint.config.anchors, ANCHOR_DECIMALS_JSON)
+        if "anchors" in model:  # grid networks; a window model has none
+            model["anchors"] = _rounded(model["anchors"], ANCHOR_DECIMALS_JSON)
         record = {"kind": checkpoint.kind, "model": model, **checkpoint.metadata}
         print(json.dumps(record, indent=2))
         return 0
@@ -147,16 +171,15 @@ def _landmarks_line(config: ModelConfig) -> str:
     return f"landmarks: {config.num_landmarks} ({names}){flip}{skeleton}"
 
 
-GRID_NETWORK_KINDS = ("grid", "landmark")  # kinds built as YOLODetector (detector.kinds)
-
-
 def _compute_lines(checkpoint: Checkpoint, imgsz: int | None) -> list[str]:
-    """Parameters and GFLOPs for the grid network (grid and landmark kinds); the stored
-    tensor sizes otherwise."""
-    if checkpoint.kind not in GRID_NETWORK_KINDS:
+    """Parameters and GFLOPs for a kind built as the grid network (grid, landmark); the
+    stored tensor sizes otherwise."""
+    from detector.kinds import get_kind
+    from detector.models.yolo import YOLODetector, count_flops, count_parameters
+
+    if get_kind(checkpoint.kind).build is not YOLODetector:
         values = sum(t.numel() for t in checkpoint.inference_state.values())
         return [f"stored weight values: {values / MEGA:.2f} M"]
-    from detector.models.yolo import YOLODetector, count_flops, count_parameters
 
     size = imgsz or checkpoint.config.input_size
     model = YOLODetector(checkpoint.config)

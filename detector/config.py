@@ -160,7 +160,11 @@ class LossConfig:
     box_gain: float = 0.05  # weight of the (1 - CIoU) box term
     obj_gain: float = 1.0  # weight of the objectness BCE term
     cls_gain: float = 0.5  # weight of the class BCE term
-    landmark_gain: float = 0.5  # weight of the landmark smooth-L1 term (K > 0)
+    landmark_gain: float = 0.5  # weight of the landmark term (K > 0)
+    # Landmark error per coordinate, in anchor units from the cell centre: "l1", or
+    # "smooth-l1" (beta 1, the shipped faces model's first 20 epochs; its gradient fades
+    # below one anchor unit, several pixels, and kept the points coarse: weights/README.md).
+    landmark_loss: str = "l1"
     scale_balance: tuple[float, ...] = (4.0, 1.0, 0.4)  # objectness weight per stride
     ignore_threshold: float = 0.5  # non-best anchors with shape IoU above: objectness ignored
     # Extra positives per object (see detector.encoding): anchors with shape IoU above
@@ -168,6 +172,17 @@ class LossConfig:
     positive_iou: float | None = 0.4
     neighbour_cells: bool = True
     iou_objectness: bool = True  # objectness target of positives = IoU(pred, gt), not 1
+
+    def __post_init__(self) -> None:
+        if self.landmark_loss not in LANDMARK_LOSSES:
+            raise ValueError(
+                f"landmark_loss must be one of {', '.join(LANDMARK_LOSSES)}, "
+                f"got {self.landmark_loss!r}"
+            )
+
+
+# LossConfig.landmark_loss's choices (`detector train --landmark-loss`).
+LANDMARK_LOSSES = ("l1", "smooth-l1")
 
 
 # Named target-assignment rules (`detector train --assign`): LossConfig fields of each.

@@ -3,7 +3,7 @@
 Every term is computed only where the targets define it:
 
 * box (1 − CIoU between decoded prediction and ground truth), class (BCE against the
-  one-hot class) and landmarks (smooth-L1 in anchor units) on positives only, landmarks
+  one-hot class) and landmarks (L1 or smooth-L1 in anchor units) on positives only, landmarks
   further masked by their visibility;
 * objectness (BCE) on positives and negatives; ignored slots contribute nothing. The
   objectness target of a positive is its CIoU with the ground truth (clamped to ≥ 0)
@@ -138,8 +138,8 @@ class DetectionLoss(nn.Module):
     ) -> torch.Tensor:
         """One scale's landmark term, before the division by the batch's positives.
 
-        Smooth-L1 (β = 1) between the raw offsets and the target offsets, both in anchor
-        units from the cell centre (the inverse of :func:`decode_scale`), summed over x and
+        L1 (or smooth-L1 with β = 1, ``LossConfig.landmark_loss``) between the raw offsets
+        and the target offsets, both in anchor units from the cell centre (the inverse of :func:`decode_scale`), summed over x and
         y, averaged over the labelled points of this scale's positives and weighted by the
         number of positives ``P``: ``P · Σ mask·err / Σ mask`` (0 where nothing is labelled).
 
@@ -162,5 +162,8 @@ class DetectionLoss(nn.Module):
         true_lm = target[..., CLS + c :].reshape(*slots, k, 2)[pos]  # (P, K, 2)
         true_t = (true_lm - centre[:, None]) / anchor_wh[:, None]  # (P, K, 2)
         pred_t = raw[..., CLS + c :].reshape(*slots, k, 2)[pos]  # (P, K, 2)
-        err = F.smooth_l1_loss(pred_t, true_t, reduction="none").sum(-1)  # (P, K)
+        if self.hyp.landmark_loss == "l1":
+            err = (pred_t - true_t).abs().sum(-1)  # (P, K)
+        else:
+            err = F.smooth_l1_loss(pred_t, true_t, reduction="none").sum(-1)
         return (err * mask).sum() / mask.sum() * len(mask)

@@ -35,9 +35,12 @@ def _smooth_l1(d: float) -> float:
     return 0.5 * d * d if abs(d) < 1 else abs(d) - 0.5
 
 
-def _reference_landmark_loss(raw, targets: Targets, config: ModelConfig) -> float:
+POINT_ERRORS = {"l1": abs, "smooth-l1": _smooth_l1}  # LossConfig.landmark_loss -> error
+
+
+def _reference_landmark_loss(raw, targets: Targets, config: ModelConfig, kind: str) -> float:
     """The landmark term, one positive slot and one point at a time in plain Python:
-    per scale, the mean over labelled points of smooth-L1(x) + smooth-L1(y) of the
+    per scale, the mean over labelled points of err(x) + err(y) (``kind``) of the
     offsets in anchor units from the cell centre, weighted by that scale's positives;
     the sum over scales divided by all positives."""
     c, total, num_pos = config.num_classes, 0.0, 0
@@ -45,7 +48,7 @@ def _reference_landmark_loss(raw, targets: Targets, config: ModelConfig) -> floa
         zip(raw, targets.target, targets.state, targets.landmark_mask, strict=True)
     ):
         stride = config.strides[scale]
-        errors, pos = [], 0
+        errors, pos, err = [], 0, POINT_ERRORS[kind]
         for b, gy, gx, a in torch.nonzero(state == POSITIVE).tolist():
             pos += 1
             aw, ah = config.anchors[scale][a]
@@ -55,7 +58,7 @@ def _reference_landmark_loss(raw, targets: Targets, config: ModelConfig) -> floa
                     continue
                 x, y = target[b, gy, gx, a, CLS + c + 2 * k : CLS + c + 2 * k + 2].tolist()
                 px, py = out[b, gy, gx, a, CLS + c + 2 * k : CLS + c + 2 * k + 2].tolist()
-                errors.append(_smooth_l1(px - (x - cx) / aw) + _smooth_l1(py - (y - cy) / ah))
+                errors.append(err(px - (x - cx) / aw) + err(py - (y - cy) / ah))
         if errors:
             total += pos * sum(errors) / len(errors)
         num_pos += pos
@@ -88,7 +91,8 @@ def _hand_made_targets(config: ModelConfig) -> Targets:
     return Targets.stack(images)
 
 
-def test_landmark_loss_matches_a_naive_reference() -> None:
+@pytest.mark.parametrize("kind", sorted(POINT_ERRORS))
+def test_landmark_loss_matches_a_naive_reference(kind: str) -> None:
     config = ModelConfig(NUM_CLASSES, input_size=SIZE, anchors=ANCHORS, num_landmarks=K)
     targets = _hand_made_targets(config)
     gen = torch.Generator().manual_seed(0)
@@ -97,14 +101,16 @@ def test_landmark_loss_matches_a_naive_reference() -> None:
         for g in (SIZE // s for s in config.strides)
     ]
     gain = 0.7
-    loss = DetectionLoss(config, LossConfig(landmark_gain=gain))
+    loss = DetectionLoss(config, LossConfig(landmark_gain=gain, landmark_loss=kind))
     total, items = loss(raw, targets)
-    expected = _reference_landmark_loss(raw, targets, config)
+    expected = _reference_landmark_loss(raw, targets, config, kind)
     assert items.landmark == pytest.approx(expected, rel=1e-5)
     assert expected > 0
 
     # The term enters the total as batch · gain · term, and only through labelled points.
-    without, _ = DetectionLoss(config, LossConfig(landmark_gain=0.0))(raw, targets)
+    without, _ = DetectionLoss(config, LossConfig(landmark_gain=0.0, landmark_loss=kind))(
+        raw, targets
+    )
     assert float((total - without).detach()) == pytest.approx(2 * gain * expected, rel=1e-4)
     (total - without).backward()
     c = config.num_classes
@@ -113,6 +119,11 @@ def test_landmark_loss_matches_a_naive_reference() -> None:
         labelled = (state == POSITIVE)[..., None] & mask  # (B, H, W, A, K)
         assert torch.all(grad[~labelled] == 0)
         assert torch.all(grad[labelled].abs().sum(-1) > 0)
+
+
+def test_an_unknown_landmark_loss_is_refused() -> None:
+    with pytest.raises(ValueError, match="landmark_loss must be one of l1, smooth-l1"):
+        LossConfig(landmark_loss="wing")
 
 
 def test_landmark_loss_is_zero_without_labelled_points() -> None:

@@ -130,8 +130,10 @@ def test_assign_flag_selects_the_positive_rule(assign: str) -> None:
 def test_loss_and_warmup_flags_reach_the_train_config() -> None:
     argv = ["train", "--data", "d.yaml", "--obj-gain", "0.7", "--cls-gain", "1.5"]
     argv += ["--obj-target", "one", "--warmup-epochs", "2.5"]
+    argv += ["--landmark-gain", "0.9", "--landmark-loss", "smooth-l1"]
     config = train_config(build_parser().parse_args(argv))
     assert (config.loss.obj_gain, config.loss.cls_gain) == (0.7, 1.5)
+    assert (config.loss.landmark_gain, config.loss.landmark_loss) == (0.9, "smooth-l1")
     assert config.loss.iou_objectness is False
     assert config.warmup_epochs == 2.5
     default = train_config(build_parser().parse_args(["train", "--data", "d.yaml"]))

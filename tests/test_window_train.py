@@ -381,9 +381,11 @@ def test_window_flags_on_a_grid_run_and_crops_folder_errors(
     assert main(argv) == 2
     assert "--window, --negatives apply to --kind sliding-window only" in capsys.readouterr().err
     grid_flags = ["--head", "coupled", "--mosaic", "0.5", "--model", "tiny"]  # tiny: the default
+    grid_flags += ["--landmark-loss", "smooth-l1"]
     assert main(["train", "--data", str(data_yaml), "--kind", "sliding-window", *grid_flags]) == 2
     err = capsys.readouterr().err
-    assert "--head, --mosaic apply to grid models only" in err and "--model" not in err
+    assert "--head, --mosaic, --landmark-loss apply to grid models only" in err
+    assert "--model" not in err
     crops = tmp_path / "crops"
     (crops / "background").mkdir(parents=True)
     (crops / "a").mkdir()

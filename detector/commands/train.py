@@ -10,6 +10,7 @@ from detector.commands import HelpFormatter
 from detector.config import (
     ASSIGN_RULES,
     HEADS,
+    LANDMARK_LOSSES,
     MODEL_KINDS_TRAINED,
     MODEL_SIZES,
     AugmentConfig,
@@ -31,8 +32,8 @@ be a crops folder (one folder of images per class plus background/). Validation 
 same: COCO metrics on whole images. results.csv's obj and lmk columns are 0 for it (the
 background class takes objectness's part and counts in cls), and images_per_s counts crops.
 --batch counts images (each gives about (1 + --negatives) crops per object); the grid's
---model, --head*, --mosaic, --close-mosaic, --scale, --assign, --obj-* and --cls-gain do not
-apply to it (given other than at their defaults, they are an error).
+--model, --head*, --mosaic, --close-mosaic, --scale, --assign, --obj-*, --cls-gain and
+--landmark-* do not apply to it (given other than at their defaults, they are an error).
 
 Multi-GPU: torchrun --nproc-per-node N -m detector.train ...
 """
@@ -75,6 +76,8 @@ GRID_FLAGS = {
     "obj_gain": "--obj-gain",
     "cls_gain": "--cls-gain",
     "obj_target": "--obj-target",
+    "landmark_gain": "--landmark-gain",
+    "landmark_loss": "--landmark-loss",
 }
 # --obj-target's choices by LossConfig.iou_objectness.
 OBJ_TARGETS = {True: "iou", False: "one"}
@@ -248,6 +251,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the true one (YOLOv5), one = 1",
     )
     p.add_argument(
+        "--landmark-gain",
+        type=float,
+        default=LossConfig.landmark_gain,
+        help="grid with keypoints: weight of the landmark term",
+    )
+    p.add_argument(
+        "--landmark-loss",
+        default=LossConfig.landmark_loss,
+        choices=LANDMARK_LOSSES,
+        help="grid with keypoints: the landmark error per coordinate, in anchor units: l1, "
+        "or smooth-l1 (beta 1; its gradient fades below one anchor unit, several pixels, "
+        "and kept the first faces model's points coarse)",
+    )
+    p.add_argument(
         "--warmup-epochs",
         type=float,
         default=TRAIN.warmup_epochs,
@@ -391,6 +408,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
             box_gain=box_gain,
             obj_gain=args.obj_gain,
             cls_gain=args.cls_gain,
+            landmark_gain=args.landmark_gain,
+            landmark_loss=args.landmark_loss,
             iou_objectness=args.obj_target == OBJ_TARGETS[True],
             **ASSIGN_RULES[args.assign],
         ),

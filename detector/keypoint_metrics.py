@@ -28,7 +28,8 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +38,10 @@ from pycocotools.cocoeval import COCOeval
 
 from detector.boxes import box_iou
 from detector.data.types import Sample
+
+if TYPE_CHECKING:
+    from detector.data.types import DatasetInfo
+    from detector.settings import Detections
 
 FACE5_SIGMAS = (0.025, 0.025, 0.026, 0.025, 0.025)
 UNIFORM_SIGMA = 0.05  # per point, for layouts other than the 5 face points
@@ -199,6 +204,49 @@ def keypoint_metrics(
         num_matched=matched,
         num_unmatched=unmatched,
         num_without_norm=without_norm,
+    )
+
+
+def keypoint_settings(data: str | Path) -> tuple[list[str] | None, list[float] | None]:
+    """``kpt_names`` and ``kpt_sigmas`` of a YOLO data.yaml (or its folder); ``None`` for
+    what it does not give, and for other dataset kinds. ``kpt_names`` may also be a
+    per-class mapping (newer Ultralytics); the first class's list is taken."""
+    import yaml
+
+    data = Path(data)
+    path = data / "data.yaml" if data.is_dir() else data
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        return None, None
+    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    names = spec.get("kpt_names")
+    if isinstance(names, dict):
+        names = next(iter(names.values()), None)
+    sigmas = spec.get("kpt_sigmas")
+    if sigmas is not None and not (
+        isinstance(sigmas, list) and all(isinstance(v, int | float) and v > 0 for v in sigmas)
+    ):
+        raise ValueError(f"{path}: kpt_sigmas must be a list of positive numbers, got {sigmas}")
+    return ([str(n) for n in names] if names else None), sigmas
+
+
+def keypoint_result(
+    detections: Sequence[Detections],
+    info: DatasetInfo,
+    data: str | Path,
+    model_landmark_names: Sequence[str] = (),
+) -> KeypointResult:
+    """Keypoint AP and NME of a model's ``detections`` (one per sample of ``info``, whose
+    classes are already the model's) against ``info``, with the sigmas and names of the
+    dataset at ``data`` (:func:`keypoint_settings`); ``detector eval`` and the trainer's
+    validation of a landmark model."""
+    names, sigmas = keypoint_settings(data)
+    predictions = [(d.boxes, d.scores, d.class_ids, d.landmarks) for d in detections]
+    return keypoint_metrics(
+        info.samples,
+        predictions,
+        num_classes=len(info.names),
+        sigmas=sigmas,
+        keypoint_names=names or info.kpt_names or list(model_landmark_names) or None,
     )
 
 

@@ -41,6 +41,9 @@ AP_COLUMNS = ("ap", "ap50", "ap75")
 AP_LABELS = {"ap": "AP@[.5:.95]", "ap50": "AP50", "ap75": "AP75"}
 REQUIRED_COLUMNS = ("epoch", "lr", *LOSS_COLUMNS, *AP_COLUMNS)
 OPTIONAL_LOSSES = ("lmk",)  # plotted only when some epoch has a non-zero value
+# A landmark model's validation columns, plotted when every epoch has them.
+KEYPOINT_AP_LABELS = {"kpt_ap": "keypoint AP (OKS)", "kpt_ap50": "keypoint AP50"}
+NME_COLUMN = "nme"
 
 PANEL_COLUMNS = 3  # subplots per row of results.png
 PANEL_SIZE = (4.0, 3.0)  # inches per subplot
@@ -99,7 +102,8 @@ def read_results_csv(csv_path: str | Path) -> dict[str, np.ndarray]:
 
 
 def plot_results_csv(csv_path: str | Path, path: str | Path) -> Path:
-    """Save a PNG of the loss terms, learning rate and AP / AP50 / AP75 per epoch.
+    """Save a PNG of the loss terms, learning rate and AP / AP50 / AP75 per epoch, and a
+    landmark model's keypoint AP / AP50 and NME when the file has them.
 
     Args:
         csv_path: a ``results.csv`` with columns ``epoch, lr, box, obj, cls, lmk, ap,
@@ -117,6 +121,10 @@ def plot_results_csv(csv_path: str | Path, path: str | Path) -> Path:
     panels = [(f"{c} loss", [(c, c)]) for c in losses]
     panels.append(("learning rate", [("lr", "lr")]))
     panels.append(("validation AP", [(c, AP_LABELS[c]) for c in AP_COLUMNS]))
+    if all(c in columns for c in KEYPOINT_AP_LABELS):
+        panels.append(("validation keypoint AP", list(KEYPOINT_AP_LABELS.items())))
+    if NME_COLUMN in columns:
+        panels.append(("validation NME", [(NME_COLUMN, "NME")]))
 
     rows = math.ceil(len(panels) / PANEL_COLUMNS)
     figure = _figure((PANEL_SIZE[0] * PANEL_COLUMNS, PANEL_SIZE[1] * rows))

@@ -44,6 +44,7 @@ from detector.data.types import DatasetInfo
 from detector.data.window_crops import collate_crops, is_crop_folder, load_crop_folder
 from detector.device import resolve_device
 from detector.encoding import TargetEncoder
+from detector.keypoint_metrics import keypoint_result
 from detector.kinds import get_kind, grid_kind_name
 from detector.loss import DetectionLoss
 from detector.models.window import WindowConfig
@@ -589,7 +590,14 @@ def validate_and_checkpoint(run: TrainRun, epoch: int, stats: EpochStats) -> boo
             progress=run.options.progress,
         )
         r = val.result
-        fitness = 0.1 * _nz(r.ap50) + 0.9 * _nz(r.ap)
+        fitness = _fitness(r.ap, r.ap50)
+        keypoints = None
+        if run.model_config.num_landmarks and run.val_info.kpt_shape:
+            keypoints = keypoint_result(
+                val.detections, run.val_info, run.options.data, run.model_config.landmark_names
+            )
+            # a landmark model is chosen by its points as much as by its boxes
+            fitness = (fitness + _fitness(keypoints.ap, keypoints.ap50)) / 2
         improved = fitness > run.best_fitness
         if improved:
             run.best_fitness, run.best_epoch, run.stale = fitness, epoch, 0
@@ -605,11 +613,25 @@ def validate_and_checkpoint(run: TrainRun, epoch: int, stats: EpochStats) -> boo
             f"{_nz(r.ap75):.5f}",
             f"{images_per_s:.1f}",
             f"{stats.seconds:.1f}",
+            *(
+                ("", "", "")
+                if keypoints is None
+                else (
+                    f"{_nz(keypoints.ap):.5f}",
+                    f"{_nz(keypoints.ap50):.5f}",
+                    f"{keypoints.nme:.5f}",
+                )
+            ),
         ]
         with (run.out / RESULTS).open("a", newline="") as f:
             csv.writer(f).writerow(row)
         run.log(
             f"epoch {epoch + 1}: AP {_nz(r.ap):.4f}  AP50 {_nz(r.ap50):.4f}  AP75 {_nz(r.ap75):.4f}"
+            + (
+                ""
+                if keypoints is None
+                else f"  keypoint AP {_nz(keypoints.ap):.4f}  NME {keypoints.nme:.4f}"
+            )
             + ("  (best)" if improved else "")
         )
         checkpoint = Checkpoint(
@@ -625,7 +647,8 @@ def validate_and_checkpoint(run: TrainRun, epoch: int, stats: EpochStats) -> boo
                 "best_epoch": run.best_epoch,
                 "stale_epochs": run.stale,
                 "ema_updates": run.ema.updates,
-                "metrics": r.to_dict(),
+                "metrics": r.to_dict()
+                | ({} if keypoints is None else {"keypoints": keypoints.to_dict()}),
             },
         )
         # best before last: a kill between the two leaves a newer best, which
@@ -654,6 +677,11 @@ def finish(run: TrainRun) -> Path:
         dist.destroy_process_group()
     run.log(f"done: best {run.out / BEST} (fitness {run.best_fitness:.4f}), last {run.out / LAST}")
     return run.out / BEST
+
+
+def _fitness(ap: float, ap50: float) -> float:
+    """What picks the best epoch: 0.9 AP@[.5:.95] + 0.1 AP50 (Ultralytics' weights)."""
+    return 0.1 * _nz(ap50) + 0.9 * _nz(ap)
 
 
 def _nz(value: float) -> float:

@@ -42,6 +42,10 @@ RESULTS_FIELDS = (
     "ap75",
     "images_per_s",
     "seconds",
+    # a landmark model's validation (detector.keypoint_metrics); empty for other models
+    "kpt_ap",
+    "kpt_ap50",
+    "nme",
 )
 
 

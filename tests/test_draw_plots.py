@@ -180,6 +180,27 @@ def test_plot_results_csv_writes_a_png(tmp_path):
     _assert_png(out)
 
 
+def test_plot_results_csv_adds_keypoint_panels_for_a_landmark_run(tmp_path):
+    """A landmark run's keypoint AP and NME columns get two more panels (a third row of
+    three); a plain run's empty keypoint cells (the trainer writes "") get none."""
+    header = f"{CSV_HEADER},kpt_ap,kpt_ap50,nme"
+    plain = [f"{row},,," for row in CSV_ROWS]
+    landmark = [
+        f"{row},{0.1 * i:.1f},{0.2 * i:.1f},{0.3 / i:.2f}" for i, row in enumerate(CSV_ROWS, 1)
+    ]
+    sides = {}
+    for name, rows in (("plain", plain), ("landmark", landmark)):
+        csv_path = tmp_path / f"{name}.csv"
+        csv_path.write_text("\n".join([header, *rows]) + "\n")
+        columns = read_results_csv(csv_path)
+        assert ("nme" in columns) == (name == "landmark")
+        out = plot_results_csv(csv_path, tmp_path / f"{name}.png")
+        _assert_png(out)
+        sides[name] = cv2.imread(str(out)).shape[:2]
+    assert sides["landmark"][1] == sides["plain"][1]
+    assert sides["landmark"][0] == pytest.approx(sides["plain"][0] * 3 / 2, rel=0.02)
+
+
 def test_results_csv_keeps_the_last_row_of_a_repeated_epoch(tmp_path):
     rows = [*CSV_ROWS, CSV_ROWS[1].replace("0.08,0.2", "0.5,0.6"), CSV_ROWS[0]]
     columns = read_results_csv(_write_csv(tmp_path / "results.csv", rows))

@@ -225,3 +225,31 @@ def test_client_detect_prints_landmarks_and_models_their_names(
     assert_json_landmarks(record["detections"], want)
     assert f"{K} landmarks {list(KEYPOINT_NAMES)}" in listed
     assert f"skeleton {[list(pair) for pair in SKELETON]}" in listed
+
+
+def test_training_validates_the_points_as_detector_eval_does(faces, tmp_path) -> None:
+    """The trainer's per-epoch validation of a landmark model scores its points too:
+    results.csv's keypoint AP, AP50 and NME (and the checkpoint's metrics) equal
+    ``detector eval --json`` on the same split with the saved model, and pick the best
+    epoch with the box metrics."""
+    import csv
+
+    from detector.checkpoint import Checkpoint
+
+    model, data = faces
+    run_dir = model.parent.parent / "run"
+    with (run_dir / "results.csv").open(newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    report = tmp_path / "eval.json"
+    argv = ["eval", "--weights", str(run_dir / "best.safetensors"), "--data", str(data)]
+    assert main([*argv, "--device", "cpu", "--json", str(report), "--quiet"]) == 0
+    keypoints = json.loads(report.read_text())["keypoints"]
+    assert keypoints["num_matched"] > 0  # so that NME is a number
+    for column, key in (("kpt_ap", "ap"), ("kpt_ap50", "ap50"), ("nme", "nme")):
+        want = keypoints[key] or 0.0  # JSON null: an undefined AP, 0 in results.csv
+        assert float(row[column]) == pytest.approx(want, abs=1e-5)
+    meta = Checkpoint.load(run_dir / "last.safetensors").metadata
+    assert meta["metrics"]["keypoints"] == {**keypoints, "nme": pytest.approx(keypoints["nme"])}
+    box = 0.9 * float(row["ap"]) + 0.1 * float(row["ap50"])
+    points = 0.9 * float(row["kpt_ap"]) + 0.1 * float(row["kpt_ap50"])
+    assert meta["best_fitness"] == pytest.approx((box + points) / 2, abs=1e-4)

@@ -181,48 +181,6 @@ def save_predictions(
     return results_path, gt_path
 
 
-def keypoint_settings(data: Path) -> tuple[list[str] | None, list[float] | None]:
-    """``kpt_names`` and ``kpt_sigmas`` of a YOLO data.yaml (or its folder); ``None`` for
-    what it does not give, and for other dataset kinds. ``kpt_names`` may also be a
-    per-class mapping (newer Ultralytics); the first class's list is taken."""
-    import yaml
-
-    path = data / "data.yaml" if data.is_dir() else data
-    if path.suffix not in (".yaml", ".yml") or not path.is_file():
-        return None, None
-    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    names = spec.get("kpt_names")
-    if isinstance(names, dict):
-        names = next(iter(names.values()), None)
-    sigmas = spec.get("kpt_sigmas")
-    if sigmas is not None and not (
-        isinstance(sigmas, list) and all(isinstance(v, int | float) and v > 0 for v in sigmas)
-    ):
-        raise ValueError(f"{path}: kpt_sigmas must be a list of positive numbers, got {sigmas}")
-    return ([str(n) for n in names] if names else None), sigmas
-
-
-def keypoint_result(
-    detections: Sequence[Detections],
-    info: DatasetInfo,
-    data: Path,
-    model_landmark_names: Sequence[str] = (),
-):
-    """Keypoint AP and NME (:mod:`detector.keypoint_metrics`) of ``detections`` against
-    ``info`` (already in the model's class indices, see :func:`evaluation_info`)."""
-    from detector.keypoint_metrics import keypoint_metrics
-
-    names, sigmas = keypoint_settings(data)
-    predictions = [(d.boxes, d.scores, d.class_ids, d.landmarks) for d in detections]
-    return keypoint_metrics(
-        info.samples,
-        predictions,
-        num_classes=len(info.names),
-        sigmas=sigmas,
-        keypoint_names=names or info.kpt_names or list(model_landmark_names) or None,
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     from detector.inputs import require_path
     from detector.weights import resolve_model_path
@@ -272,6 +230,8 @@ def run(args: argparse.Namespace) -> int:
     print(result.format_table())
     keypoints = None
     if config.num_landmarks and info.kpt_shape:
+        from detector.keypoint_metrics import keypoint_result
+
         keypoints = keypoint_result(
             validation.detections,
             evaluation_info(info, detector.names, alignment),

@@ -203,14 +203,9 @@ def nms(
         raise ValueError(f"nms supports at most {MAX_NMS_BOXES} boxes, got {num_boxes}")
 
     empty = torch.empty((0,), dtype=torch.int64, device=boxes.device)
-    scores32 = scores.to(torch.float32)
-    candidates = torch.nonzero(scores32 > score_threshold).squeeze(1)  # (M,) input indices
-    if candidates.numel() == 0 or max_detections == 0 or max_candidates == 0:
+    candidates = ranked_candidates(scores, score_threshold, max_candidates)  # (M,)
+    if candidates.numel() == 0 or max_detections == 0:
         return empty
-    order = torch.sort(scores32[candidates], descending=True, stable=True).indices
-    if max_candidates is not None:
-        order = order[:max_candidates]
-    candidates = candidates[order]  # (M,) by decreasing score, ties by input index
     cand_classes = classes[candidates]  # (M,)
     if iou_threshold == 0.0:  # every IoU is >= 0: the first box of each class suppresses the rest
         kept_positions = torch.nonzero(_first_of_each_class(cand_classes)).squeeze(1)
@@ -221,6 +216,22 @@ def nms(
     if max_detections is not None:
         kept_positions = kept_positions[:max_detections]
     return candidates[kept_positions]
+
+
+def ranked_candidates(
+    scores: torch.Tensor, score_threshold: float, max_candidates: int | None = None
+) -> torch.Tensor:
+    """Steps 1 and 2 of :func:`nms`: ``(M,)`` int64 indices of the scores (compared as
+    float32) above ``score_threshold``, by decreasing score, ties by lower index, at most
+    ``max_candidates`` of them (``None``: all)."""
+    scores32 = scores.to(torch.float32)
+    candidates = torch.nonzero(scores32 > score_threshold).squeeze(1)  # (M,) input indices
+    if candidates.numel() == 0 or max_candidates == 0:
+        return candidates[:0]
+    order = torch.sort(scores32[candidates], descending=True, stable=True).indices
+    if max_candidates is not None:
+        order = order[:max_candidates]
+    return candidates[order]
 
 
 def _suppress(boxes: torch.Tensor, classes: torch.Tensor, iou_threshold: float) -> torch.Tensor:

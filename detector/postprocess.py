@@ -1,4 +1,4 @@
-"""From candidates to final detections: threshold, per-class NMS, top-k.
+"""From candidates to final detections: threshold, per-class NMS, top-k, merging.
 
 Every model kind turns its raw output into :class:`Candidates` (see
 :mod:`detector.kinds`); from there on, everything is shared.
@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torchvision.ops import box_iou
 
-from detector.boxes import nms
+from detector.boxes import nms, ranked_candidates
 
 MAX_CANDIDATES = 10_000  # boxes entering NMS per image, highest scores first
 
@@ -67,6 +68,7 @@ def select_detections(
     iou_threshold: float,
     max_detections: int,
     classes: Sequence[int] | None = None,
+    merge_iou: float = 0.0,
 ) -> list[RawDetections]:
     """Turn a batch of candidates into per-image detections.
 
@@ -74,7 +76,8 @@ def select_detections(
     there; ``classes`` are class ids in ``[0, C)`` (see :func:`detector.settings.class_ids`).
     With ``classes``, candidates whose best class is not among them are dropped, so the result equals the unfiltered one restricted to those classes (up to
     the ``max_detections`` cut). Scores at or below ``score_threshold`` are dropped, at
-    most ``MAX_CANDIDATES`` enter per-class NMS, at most ``max_detections`` come out.
+    most ``MAX_CANDIDATES`` enter per-class NMS, at most ``max_detections`` come out;
+    with ``merge_iou > 0`` their boxes and landmarks are merged (:func:`merge_kept`).
 
     Returns:
         One :class:`RawDetections` per image, on the input's device.
@@ -95,12 +98,60 @@ def select_detections(
             max_detections=max_detections,
             max_candidates=MAX_CANDIDATES,
         )
+        boxes, landmarks = candidates.boxes[b, idx], candidates.landmarks[b, idx]
+        if merge_iou > 0 and len(idx):
+            pool = ranked_candidates(scores[b], score_threshold, MAX_CANDIDATES)
+            boxes, landmarks = merge_kept(
+                candidates.boxes[b],
+                scores[b],
+                best_class[b],
+                candidates.landmarks[b],
+                idx,
+                pool,
+                merge_iou,
+            )
         results.append(
             RawDetections(
-                boxes=candidates.boxes[b, idx],
+                boxes=boxes,
                 scores=scores[b, idx],
                 class_ids=best_class[b, idx],
-                landmarks=candidates.landmarks[b, idx],
+                landmarks=landmarks,
             )
         )
     return results
+
+
+def merge_kept(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    classes: torch.Tensor,
+    landmarks: torch.Tensor,
+    kept: torch.Tensor,
+    pool: torch.Tensor,
+    merge_iou: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge-NMS (YOLOv5's ``merge``): each kept box, and its landmarks, becomes the
+    score-weighted mean of those of the ``pool`` candidates of its class whose box IoU
+    with it is ``>= merge_iou``. Neighbouring anchors predict the same object with partly
+    independent errors; their mean is the better estimate.
+
+    Args:
+        boxes: ``(P, 4)`` one image's candidate boxes, xyxy.
+        scores, classes: ``(P,)`` their scores and class ids.
+        landmarks: ``(P, K, 2)`` their points (``K`` may be 0).
+        kept: ``(N,)`` indices of the boxes NMS kept; each must be in ``pool``.
+        pool: ``(M,)`` indices of the candidates that entered NMS.
+        merge_iou: in ``(0, 1]``.
+
+    Returns:
+        ``(N, 4)`` boxes and ``(N, K, 2)`` landmarks, in the input dtypes.
+    """
+    pool_boxes = boxes[pool].float()  # (M, 4)
+    iou = box_iou(boxes[kept].float(), pool_boxes)  # (N, M)
+    voters = (iou >= merge_iou) & (classes[kept][:, None] == classes[pool][None, :])
+    weights = voters * scores[pool].float()[None, :]  # (N, M); a kept box votes for itself
+    total = weights.sum(1).clamp_min(torch.finfo(torch.float32).tiny)  # (N,)
+    merged_boxes = (weights @ pool_boxes) / total[:, None]
+    merged_points = torch.einsum("nm,mkd->nkd", weights, landmarks[pool].float())
+    merged_points = merged_points / total[:, None, None]
+    return merged_boxes.to(boxes.dtype), merged_points.to(landmarks.dtype)

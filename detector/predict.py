@@ -266,6 +266,7 @@ class Detector:
             options.iou_threshold,
             options.max_detections,
             class_ids(options.classes, self.names),
+            options.merge_iou,
         )
         return [self._to_original(det, lb) for det, lb in zip(selected, letterboxes, strict=True)]
 

@@ -129,6 +129,7 @@ class DetectorClient:
         iou_threshold: float | None = None,
         max_detections: int | None = None,
         classes: Sequence[int | str] | None = None,
+        merge_iou: float | None = None,
     ) -> Detections:
         """Detect objects in one image; ``None`` settings take the model's defaults."""
         response = self.detect_response(
@@ -138,6 +139,7 @@ class DetectorClient:
             iou_threshold=iou_threshold,
             max_detections=max_detections,
             classes=classes,
+            merge_iou=merge_iou,
         )
         return self._detections(response)
 
@@ -158,6 +160,7 @@ class DetectorClient:
         iou_threshold: float | None = None,
         max_detections: int | None = None,
         classes: Sequence[int | str] | None = None,
+        merge_iou: float | None = None,
     ) -> list[Detections]:
         """Detect objects in many images in one call; answers in the images' order."""
         settings = dict(
@@ -166,6 +169,7 @@ class DetectorClient:
             iou_threshold=iou_threshold,
             max_detections=max_detections,
             classes=classes,
+            merge_iou=merge_iou,
         )
         requests = [
             request_to_proto(image, request_id=str(i), **settings) for i, image in enumerate(images)
@@ -189,6 +193,7 @@ class DetectorClient:
         iou_threshold: float | None = None,
         max_detections: int | None = None,
         classes: Sequence[int | str] | None = None,
+        merge_iou: float | None = None,
         timeout: float | None = None,
     ) -> Iterator[Detections]:
         """Detect objects in a sequence of frames over one stream, yielding one
@@ -201,6 +206,7 @@ class DetectorClient:
             iou_threshold=iou_threshold,
             max_detections=max_detections,
             classes=classes,
+            merge_iou=merge_iou,
         )
         failure: list[BaseException] = []  # an error raised while reading the frames
         lock = threading.Lock()

@@ -76,6 +76,7 @@ def options_from_request(request: pb.DetectRequest, defaults: DetectOptions) -> 
         iou_threshold=request.iou_threshold if request.HasField("iou_threshold") else None,
         max_detections=request.max_detections or None,
         classes=(*request.class_ids, *request.class_names) or None,
+        merge_iou=request.merge_iou if request.HasField("merge_iou") else None,
     )
 
 
@@ -87,6 +88,7 @@ def request_to_proto(
     iou_threshold: float | None = None,
     max_detections: int | None = None,
     classes: Sequence[int | str] | None = None,
+    merge_iou: float | None = None,
     request_id: str = "",
 ) -> pb.DetectRequest:
     """A ``DetectRequest``; ``None`` leaves a setting to the model's default."""
@@ -101,6 +103,7 @@ def request_to_proto(
         max_detections=max_detections or 0,
         class_ids=ids,
         class_names=names,
+        merge_iou=merge_iou,
     )
 
 
@@ -184,6 +187,7 @@ class ModelInfo:
     default_max_detections: int
     is_default: bool
     skeleton: tuple[tuple[int, int], ...] = ()  # 0-based landmark index pairs, drawn as lines
+    default_merge_iou: float = 0.0
 
 
 def model_info_to_proto(model: ServedModel, is_default: bool) -> pb.ModelInfo:
@@ -199,6 +203,7 @@ def model_info_to_proto(model: ServedModel, is_default: bool) -> pb.ModelInfo:
         default_score_threshold=model.options.score_threshold,
         default_iou_threshold=model.options.iou_threshold,
         default_max_detections=model.options.max_detections,
+        default_merge_iou=model.options.merge_iou,
         is_default=is_default,
         skeleton=[pb.SkeletonEdge(first=i, second=j) for i, j in config.skeleton],
     )
@@ -217,6 +222,7 @@ def model_info_from_proto(info: pb.ModelInfo) -> ModelInfo:
         default_score_threshold=round(info.default_score_threshold, FLOAT32_DIGITS),
         default_iou_threshold=round(info.default_iou_threshold, FLOAT32_DIGITS),
         default_max_detections=info.default_max_detections,
+        default_merge_iou=round(info.default_merge_iou, FLOAT32_DIGITS),
         is_default=info.is_default,
         skeleton=tuple((edge.first, edge.second) for edge in info.skeleton),
     )

@@ -28,6 +28,7 @@ from server_fixtures import (
 
 from detector import cli
 from detector.predict import Detector
+from detector.settings import DetectOptions
 from proto.detector.v1 import detector_pb2 as pb
 from proto.detector.v1 import detector_pb2_grpc as pb_grpc
 from server.app import SERVICE_NAME
@@ -79,7 +80,7 @@ def test_client_detect_batch_stream_and_models(repository, reference, model_dir)
 
     def calls(address):
         with DetectorClient(address, timeout=30) as client:
-            one = client.detect(images[0], score_threshold=0.0, max_detections=5)
+            one = client.detect(images[0], score_threshold=0.0, max_detections=5, merge_iou=0.5)
             batch = client.detect_batch(images, score_threshold=0.0, classes=["1", 2])
             stream = list(client.stream_detect(iter(images), score_threshold=0.0, model="pets"))
             return one, batch, stream, client.list_models(), client.health()
@@ -89,7 +90,7 @@ def test_client_detect_batch_stream_and_models(repository, reference, model_dir)
             return await asyncio.to_thread(calls, address)
 
     one, batch, stream, models, health = run(main())
-    assert_same(one, want(reference["m"], images[0], max_detections=5))
+    assert_same(one, want(reference["m"], images[0], max_detections=5, merge_iou=0.5))
     assert len(one) == 5
     for got, image in zip(batch, images, strict=True):
         assert_same(got, want(reference["m"], image, classes=[1, 2]))
@@ -104,6 +105,7 @@ def test_client_detect_batch_stream_and_models(repository, reference, model_dir)
     assert pets.input_size == MODEL_CONFIGS["pets"].input_size and pets.num_landmarks == 0
     assert pets.sha256 == file_sha256(model_dir / "pets.safetensors")
     assert (pets.default_score_threshold, pets.default_iou_threshold) == (0.25, 0.45)
+    assert pets.default_merge_iou == DetectOptions().merge_iou
     assert [m.is_default for m in models] == [m.name == "m" for m in models]
     faces = next(m for m in models if m.name == "faces")
     assert faces.num_landmarks == 2 and faces.landmark_names == ("left_eye", "right_eye")

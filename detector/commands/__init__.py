@@ -26,7 +26,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 def add_detect_options(
     parser: argparse.ArgumentParser, defaults: DetectOptions, per: str = "image"
 ) -> None:
-    """``--conf``, ``--iou`` and ``--max-det``, with ``defaults`` (see
+    """``--conf``, ``--iou``, ``--max-det`` and ``--merge-iou``, with ``defaults`` (see
     :func:`detect_options`)."""
     parser.add_argument(
         "--conf",
@@ -43,12 +43,21 @@ def add_detect_options(
     parser.add_argument(
         "--max-det", type=int, default=defaults.max_detections, help=f"most detections per {per}"
     )
+    parser.add_argument(
+        "--merge-iou",
+        type=float,
+        default=defaults.merge_iou,
+        help="each kept box (and its landmarks) becomes the score-weighted mean of the "
+        "candidates of its class overlapping it this much (merge-NMS); 0 = off",
+    )
 
 
 def detect_options(args: argparse.Namespace) -> DetectOptions:
-    """The :class:`DetectOptions` of ``--conf``, ``--iou``, ``--max-det`` (and ``--classes``
-    where the command has it); ``ValueError`` for a bad value."""
-    return DetectOptions(args.conf, args.iou, args.max_det, getattr(args, "classes", None))
+    """The :class:`DetectOptions` of ``--conf``, ``--iou``, ``--max-det``, ``--merge-iou``
+    (and ``--classes`` where the command has it); ``ValueError`` for a bad value."""
+    return DetectOptions(
+        args.conf, args.iou, args.max_det, getattr(args, "classes", None), args.merge_iou
+    )
 
 
 BACKENDS = ("torch", "onnxruntime")  # detector.predict.BACKENDS, without importing torch

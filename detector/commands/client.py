@@ -52,6 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     detect.add_argument(
         "--classes", nargs="+", default=None, help="keep only these class ids or names"
     )
+    detect.add_argument(
+        "--merge-iou",
+        type=float,
+        default=None,
+        help="merge-NMS overlap in [0, 1], 0 = off (default: the model's)",
+    )
     detect.set_defaults(func=run_detect)
 
     models = sub.add_parser(
@@ -136,6 +142,7 @@ def run_detect(args: argparse.Namespace) -> int:
                 iou_threshold=args.iou_threshold,
                 max_detections=args.max_detections,
                 classes=classes,
+                merge_iou=args.merge_iou,
             )
         except RemoteError as err:
             print(f"error: {args.server}: {err}", file=sys.stderr)
@@ -165,7 +172,8 @@ def run_models(args: argparse.Namespace) -> int:
             f"{m.name}{default}: {m.kind}, input {m.input_size}, {len(m.class_names)} classes "
             f"{list(m.class_names)}, {_landmarks_text(m)}, "
             f"sha256 {m.sha256[:HASH_SHOWN] or '-'}, score >= {m.default_score_threshold:g}, "
-            f"iou {m.default_iou_threshold:g}, max {m.default_max_detections}"
+            f"iou {m.default_iou_threshold:g}, max {m.default_max_detections}, "
+            f"merge {m.default_merge_iou:g}"
         )
     return 0
 

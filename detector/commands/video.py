@@ -274,6 +274,7 @@ def remote_detect_fn(
             iou_threshold=options.iou_threshold,
             max_detections=options.max_detections,
             classes=options.classes,
+            merge_iou=options.merge_iou,
             timeout=timeout,
         )
         try:

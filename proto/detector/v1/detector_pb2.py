@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n proto/detector/v1/detector.proto\x12\x0b\x64\x65tector.v1\"I\n\x08RawImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\"H\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12$\n\x03raw\x18\x02 \x01(\x0b\x32\x15.detector.v1.RawImageH\x00\x42\x06\n\x04\x64\x61ta\"\xf5\x01\n\rDetectRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12!\n\x05image\x18\x03 \x01(\x0b\x32\x12.detector.v1.Image\x12\x1c\n\x0fscore_threshold\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x1a\n\riou_threshold\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x16\n\x0emax_detections\x18\x06 \x01(\r\x12\x11\n\tclass_ids\x18\x07 \x03(\r\x12\x13\n\x0b\x63lass_names\x18\x08 \x03(\tB\x12\n\x10_score_thresholdB\x10\n\x0e_iou_threshold\"A\n\x03\x42ox\x12\r\n\x05x_min\x18\x01 \x01(\x02\x12\r\n\x05y_min\x18\x02 \x01(\x02\x12\r\n\x05x_max\x18\x03 \x01(\x02\x12\r\n\x05y_max\x18\x04 \x01(\x02\"4\n\x08Landmark\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12\x12\n\nvisibility\x18\x03 \x01(\x02\"\x84\x01\n\tDetection\x12\x1d\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x10.detector.v1.Box\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x10\n\x08\x63lass_id\x18\x03 \x01(\r\x12\r\n\x05label\x18\x04 \x01(\t\x12(\n\tlandmarks\x18\x05 \x03(\x0b\x32\x15.detector.v1.Landmark\"*\n\tImageSize\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\"j\n\x07Timings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x02\x12\x10\n\x08queue_ms\x18\x02 \x01(\x02\x12\x14\n\x0cinference_ms\x18\x03 \x01(\x02\x12\x10\n\x08total_ms\x18\x04 \x01(\x02\x12\x12\n\nbatch_size\x18\x05 \x01(\r\"\xb2\x01\n\x0e\x44\x65tectResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12*\n\nimage_size\x18\x03 \x01(\x0b\x32\x16.detector.v1.ImageSize\x12*\n\ndetections\x18\x04 \x03(\x0b\x32\x16.detector.v1.Detection\x12%\n\x07timings\x18\x05 \x01(\x0b\x32\x14.detector.v1.Timings\"B\n\x12\x44\x65tectBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.detector.v1.DetectRequest\"E\n\x13\x44\x65tectBatchResponse\x12.\n\tresponses\x18\x01 \x03(\x0b\x32\x1b.detector.v1.DetectResponse\"\x13\n\x11ListModelsRequest\"\xb0\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12\x12\n\ninput_size\x18\x04 \x01(\r\x12\x16\n\x0elandmark_names\x18\x05 \x03(\t\x12\x15\n\rnum_landmarks\x18\x06 \x01(\r\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x1f\n\x17\x64\x65\x66\x61ult_score_threshold\x18\x08 \x01(\x02\x12\x1d\n\x15\x64\x65\x66\x61ult_iou_threshold\x18\t \x01(\x02\x12\x1e\n\x16\x64\x65\x66\x61ult_max_detections\x18\n \x01(\r\x12\x12\n\nis_default\x18\x0b \x01(\x08\x12+\n\x08skeleton\x18\x0c \x03(\x0b\x32\x19.detector.v1.SkeletonEdge\"-\n\x0cSkeletonEdge\x12\r\n\x05\x66irst\x18\x01 \x01(\r\x12\x0e\n\x06second\x18\x02 \x01(\r\"S\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.detector.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t2\xc2\x02\n\x0f\x44\x65tectorService\x12\x41\n\x06\x44\x65tect\x12\x1a.detector.v1.DetectRequest\x1a\x1b.detector.v1.DetectResponse\x12P\n\x0b\x44\x65tectBatch\x12\x1f.detector.v1.DetectBatchRequest\x1a .detector.v1.DetectBatchResponse\x12K\n\x0cStreamDetect\x12\x1a.detector.v1.DetectRequest\x1a\x1b.detector.v1.DetectResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.detector.v1.ListModelsRequest\x1a\x1f.detector.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n proto/detector/v1/detector.proto\x12\x0b\x64\x65tector.v1\"I\n\x08RawImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\"H\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12$\n\x03raw\x18\x02 \x01(\x0b\x32\x15.detector.v1.RawImageH\x00\x42\x06\n\x04\x64\x61ta\"\x9b\x02\n\rDetectRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12!\n\x05image\x18\x03 \x01(\x0b\x32\x12.detector.v1.Image\x12\x1c\n\x0fscore_threshold\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x1a\n\riou_threshold\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x16\n\x0emax_detections\x18\x06 \x01(\r\x12\x11\n\tclass_ids\x18\x07 \x03(\r\x12\x13\n\x0b\x63lass_names\x18\x08 \x03(\t\x12\x16\n\tmerge_iou\x18\t \x01(\x02H\x02\x88\x01\x01\x42\x12\n\x10_score_thresholdB\x10\n\x0e_iou_thresholdB\x0c\n\n_merge_iou\"A\n\x03\x42ox\x12\r\n\x05x_min\x18\x01 \x01(\x02\x12\r\n\x05y_min\x18\x02 \x01(\x02\x12\r\n\x05x_max\x18\x03 \x01(\x02\x12\r\n\x05y_max\x18\x04 \x01(\x02\"4\n\x08Landmark\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12\x12\n\nvisibility\x18\x03 \x01(\x02\"\x84\x01\n\tDetection\x12\x1d\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x10.detector.v1.Box\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x10\n\x08\x63lass_id\x18\x03 \x01(\r\x12\r\n\x05label\x18\x04 \x01(\t\x12(\n\tlandmarks\x18\x05 \x03(\x0b\x32\x15.detector.v1.Landmark\"*\n\tImageSize\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\"j\n\x07Timings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x02\x12\x10\n\x08queue_ms\x18\x02 \x01(\x02\x12\x14\n\x0cinference_ms\x18\x03 \x01(\x02\x12\x10\n\x08total_ms\x18\x04 \x01(\x02\x12\x12\n\nbatch_size\x18\x05 \x01(\r\"\xb2\x01\n\x0e\x44\x65tectResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12*\n\nimage_size\x18\x03 \x01(\x0b\x32\x16.detector.v1.ImageSize\x12*\n\ndetections\x18\x04 \x03(\x0b\x32\x16.detector.v1.Detection\x12%\n\x07timings\x18\x05 \x01(\x0b\x32\x14.detector.v1.Timings\"B\n\x12\x44\x65tectBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.detector.v1.DetectRequest\"E\n\x13\x44\x65tectBatchResponse\x12.\n\tresponses\x18\x01 \x03(\x0b\x32\x1b.detector.v1.DetectResponse\"\x13\n\x11ListModelsRequest\"\xcb\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12\x12\n\ninput_size\x18\x04 \x01(\r\x12\x16\n\x0elandmark_names\x18\x05 \x03(\t\x12\x15\n\rnum_landmarks\x18\x06 \x01(\r\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x1f\n\x17\x64\x65\x66\x61ult_score_threshold\x18\x08 \x01(\x02\x12\x1d\n\x15\x64\x65\x66\x61ult_iou_threshold\x18\t \x01(\x02\x12\x1e\n\x16\x64\x65\x66\x61ult_max_detections\x18\n \x01(\r\x12\x12\n\nis_default\x18\x0b \x01(\x08\x12+\n\x08skeleton\x18\x0c \x03(\x0b\x32\x19.detector.v1.SkeletonEdge\x12\x19\n\x11\x64\x65\x66\x61ult_merge_iou\x18\r \x01(\x02\"-\n\x0cSkeletonEdge\x12\r\n\x05\x66irst\x18\x01 \x01(\r\x12\x0e\n\x06second\x18\x02 \x01(\r\"S\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.detector.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t2\xc2\x02\n\x0f\x44\x65tectorService\x12\x41\n\x06\x44\x65tect\x12\x1a.detector.v1.DetectRequest\x1a\x1b.detector.v1.DetectResponse\x12P\n\x0b\x44\x65tectBatch\x12\x1f.detector.v1.DetectBatchRequest\x1a .detector.v1.DetectBatchResponse\x12K\n\x0cStreamDetect\x12\x1a.detector.v1.DetectRequest\x1a\x1b.detector.v1.DetectResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.detector.v1.ListModelsRequest\x1a\x1f.detector.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,31 +36,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGE']._serialized_start=124
   _globals['_IMAGE']._serialized_end=196
   _globals['_DETECTREQUEST']._serialized_start=199
-  _globals['_DETECTREQUEST']._serialized_end=444
-  _globals['_BOX']._serialized_start=446
-  _globals['_BOX']._serialized_end=511
-  _globals['_LANDMARK']._serialized_start=513
-  _globals['_LANDMARK']._serialized_end=565
-  _globals['_DETECTION']._serialized_start=568
-  _globals['_DETECTION']._serialized_end=700
-  _globals['_IMAGESIZE']._serialized_start=702
-  _globals['_IMAGESIZE']._serialized_end=744
-  _globals['_TIMINGS']._serialized_start=746
-  _globals['_TIMINGS']._serialized_end=852
-  _globals['_DETECTRESPONSE']._serialized_start=855
-  _globals['_DETECTRESPONSE']._serialized_end=1033
-  _globals['_DETECTBATCHREQUEST']._serialized_start=1035
-  _globals['_DETECTBATCHREQUEST']._serialized_end=1101
-  _globals['_DETECTBATCHRESPONSE']._serialized_start=1103
-  _globals['_DETECTBATCHRESPONSE']._serialized_end=1172
-  _globals['_LISTMODELSREQUEST']._serialized_start=1174
-  _globals['_LISTMODELSREQUEST']._serialized_end=1193
-  _globals['_MODELINFO']._serialized_start=1196
-  _globals['_MODELINFO']._serialized_end=1500
-  _globals['_SKELETONEDGE']._serialized_start=1502
-  _globals['_SKELETONEDGE']._serialized_end=1547
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1549
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1632
-  _globals['_DETECTORSERVICE']._serialized_start=1635
-  _globals['_DETECTORSERVICE']._serialized_end=1957
+  _globals['_DETECTREQUEST']._serialized_end=482
+  _globals['_BOX']._serialized_start=484
+  _globals['_BOX']._serialized_end=549
+  _globals['_LANDMARK']._serialized_start=551
+  _globals['_LANDMARK']._serialized_end=603
+  _globals['_DETECTION']._serialized_start=606
+  _globals['_DETECTION']._serialized_end=738
+  _globals['_IMAGESIZE']._serialized_start=740
+  _globals['_IMAGESIZE']._serialized_end=782
+  _globals['_TIMINGS']._serialized_start=784
+  _globals['_TIMINGS']._serialized_end=890
+  _globals['_DETECTRESPONSE']._serialized_start=893
+  _globals['_DETECTRESPONSE']._serialized_end=1071
+  _globals['_DETECTBATCHREQUEST']._serialized_start=1073
+  _globals['_DETECTBATCHREQUEST']._serialized_end=1139
+  _globals['_DETECTBATCHRESPONSE']._serialized_start=1141
+  _globals['_DETECTBATCHRESPONSE']._serialized_end=1210
+  _globals['_LISTMODELSREQUEST']._serialized_start=1212
+  _globals['_LISTMODELSREQUEST']._serialized_end=1231
+  _globals['_MODELINFO']._serialized_start=1234
+  _globals['_MODELINFO']._serialized_end=1565
+  _globals['_SKELETONEDGE']._serialized_start=1567
+  _globals['_SKELETONEDGE']._serialized_end=1612
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1614
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1697
+  _globals['_DETECTORSERVICE']._serialized_start=1700
+  _globals['_DETECTORSERVICE']._serialized_end=2022
 # @@protoc_insertion_point(module_scope)

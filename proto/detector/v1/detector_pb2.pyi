@@ -27,7 +27,7 @@ class Image(_message.Message):
     def __init__(self, encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ...) -> None: ...
 
 class DetectRequest(_message.Message):
-    __slots__ = ("request_id", "model", "image", "score_threshold", "iou_threshold", "max_detections", "class_ids", "class_names")
+    __slots__ = ("request_id", "model", "image", "score_threshold", "iou_threshold", "max_detections", "class_ids", "class_names", "merge_iou")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class DetectRequest(_message.Message):
     MAX_DETECTIONS_FIELD_NUMBER: _ClassVar[int]
     CLASS_IDS_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    MERGE_IOU_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     image: Image
@@ -44,7 +45,8 @@ class DetectRequest(_message.Message):
     max_detections: int
     class_ids: _containers.RepeatedScalarFieldContainer[int]
     class_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., score_threshold: _Optional[float] = ..., iou_threshold: _Optional[float] = ..., max_detections: _Optional[int] = ..., class_ids: _Optional[_Iterable[int]] = ..., class_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    merge_iou: float
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., score_threshold: _Optional[float] = ..., iou_threshold: _Optional[float] = ..., max_detections: _Optional[int] = ..., class_ids: _Optional[_Iterable[int]] = ..., class_names: _Optional[_Iterable[str]] = ..., merge_iou: _Optional[float] = ...) -> None: ...
 
 class Box(_message.Message):
     __slots__ = ("x_min", "y_min", "x_max", "y_max")
@@ -135,7 +137,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "kind", "class_names", "input_size", "landmark_names", "num_landmarks", "sha256", "default_score_threshold", "default_iou_threshold", "default_max_detections", "is_default", "skeleton")
+    __slots__ = ("name", "kind", "class_names", "input_size", "landmark_names", "num_landmarks", "sha256", "default_score_threshold", "default_iou_threshold", "default_max_detections", "is_default", "skeleton", "default_merge_iou")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +150,7 @@ class ModelInfo(_message.Message):
     DEFAULT_MAX_DETECTIONS_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     SKELETON_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MERGE_IOU_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
@@ -160,7 +163,8 @@ class ModelInfo(_message.Message):
     default_max_detections: int
     is_default: bool
     skeleton: _containers.RepeatedCompositeFieldContainer[SkeletonEdge]
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., input_size: _Optional[int] = ..., landmark_names: _Optional[_Iterable[str]] = ..., num_landmarks: _Optional[int] = ..., sha256: _Optional[str] = ..., default_score_threshold: _Optional[float] = ..., default_iou_threshold: _Optional[float] = ..., default_max_detections: _Optional[int] = ..., is_default: _Optional[bool] = ..., skeleton: _Optional[_Iterable[_Union[SkeletonEdge, _Mapping]]] = ...) -> None: ...
+    default_merge_iou: float
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., input_size: _Optional[int] = ..., landmark_names: _Optional[_Iterable[str]] = ..., num_landmarks: _Optional[int] = ..., sha256: _Optional[str] = ..., default_score_threshold: _Optional[float] = ..., default_iou_threshold: _Optional[float] = ..., default_max_detections: _Optional[int] = ..., is_default: _Optional[bool] = ..., skeleton: _Optional[_Iterable[_Union[SkeletonEdge, _Mapping]]] = ..., default_merge_iou: _Optional[float] = ...) -> None: ...
 
 class SkeletonEdge(_message.Message):
     __slots__ = ("first", "second")

@@ -8,7 +8,9 @@ and the torch and ONNX Runtime backends, in one run on one machine.
    ``scale_boxes``); the raw forwards alone; parameters and GFLOPs. Goal: ours >= 2x.
 2. Post-processing of the same 300 and 3,000 candidate boxes (B = 1, C = 10):
    ``select_detections`` against Ultralytics' ``non_max_suppression`` on the equivalent
-   ``(1, 4 + C, N)`` prediction, per-class, IoU 0.45. Goal: ours <= theirs.
+   ``(1, 4 + C, N)`` prediction, per-class, IoU 0.45. Goal: ours <= theirs. Both
+   without merging (Ultralytics' has none), and ours with the merge-NMS that
+   ``Detector`` does by default, for its cost.
 3. Our ``Detector`` with the torch backend against the ONNX Runtime backend (the model
    exported to a temporary .onnx), batch 1 and 8.
 
@@ -345,10 +347,17 @@ def section_postprocess(args, cols, ours: Detector, ul) -> None:
         cands = synthetic_candidates(count, num_classes, (256, 320), args.seed, device)
         pred = as_ultralytics_prediction(cands, num_classes)
 
-        def ours_fn(cands=cands):
+        def ours_fn(cands=cands, merge_iou=0.0):
             return select_detections(
-                cands, options.score_threshold, options.iou_threshold, options.max_detections
+                cands,
+                options.score_threshold,
+                options.iou_threshold,
+                options.max_detections,
+                merge_iou=merge_iou,
             )
+
+        def merged_fn(cands=cands):  # Detector's default: merge-NMS after NMS
+            return ours_fn(cands, options.merge_iou)
 
         def theirs_fn(pred=pred):
             return ul.non_max_suppression(
@@ -365,13 +374,16 @@ def section_postprocess(args, cols, ours: Detector, ul) -> None:
                 same += f", same boxes in the same order (max diff {diff:.1e} px)"
         for _, threads in cols:
             torch.set_num_threads(threads)
-            fns = {"ours": synced(ours_fn, device)}
+            fns = {"ours": synced(ours_fn, device), "merged": synced(merged_fn, device)}
             if ul:
                 fns["theirs"] = synced(theirs_fn, device)
             t = interleaved(fns, args.rounds, args.calls * 5)
             rows.setdefault(f"{count}: ours select_detections", []).append(
                 f"{t['ours'] * MS:.2f} ms"
             )
+            rows.setdefault(
+                f"{count}: ours with merge-NMS (merge_iou {options.merge_iou:g}, the default)", []
+            ).append(f"{t['merged'] * MS:.2f} ms")
             if ul:
                 rows.setdefault(f"{count}: Ultralytics non_max_suppression", []).append(
                     f"{t['theirs'] * MS:.2f} ms"

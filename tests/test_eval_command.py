@@ -22,7 +22,7 @@ from detector.data.types import DatasetInfo, Sample
 from detector.evaluate import SUMMARY_FIELDS
 from detector.models.yolo import YOLODetector
 from detector.predict import Detector
-from detector.settings import Detections
+from detector.settings import EVAL_OPTIONS, Detections
 
 INPUT_SIZE = 96
 NUM_IMAGES = 6
@@ -144,6 +144,11 @@ def test_eval_end_to_end_on_a_random_model(workspace, capsys):
     stats = _score_files(gt, preds)
     assert stats[0] == pytest.approx(_as_number(record["ap"]), abs=1e-12)
     assert {p.name for p in plots.iterdir()} == {"pr_curve.png", "val_predictions.png"}
+    assert record["merge_iou"] == EVAL_OPTIONS.merge_iou > 0  # merge-NMS on by default
+    unmerged = root / "unmerged.json"
+    code, captured = _eval(capsys, model, data, "--json", unmerged, "--merge-iou", "0")
+    assert code == 0, captured.err
+    assert json.loads(unmerged.read_text())["merge_iou"] == 0
 
 
 def test_saved_predictions_score_the_same_in_pycocotools(workspace, capsys, monkeypatch):

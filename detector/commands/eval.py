@@ -249,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
             "score_threshold": args.conf,
             "iou_threshold": args.iou,
             "max_detections": args.max_det,
+            "merge_iou": args.merge_iou,
         }
         if keypoints is not None:
             record["keypoints"] = keypoints.to_dict()

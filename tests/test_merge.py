@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from detector import postprocess
 from detector.postprocess import Candidates, select_detections
 from detector.settings import DetectOptions
 
@@ -58,9 +59,13 @@ def _reference(candidates: Candidates, b: int, kept, score_threshold: float, mer
     return np.array(out_boxes).reshape(-1, 4), np.array(out_points).reshape(-1, K, 2)
 
 
+@pytest.mark.parametrize("dense_pairs", [postprocess.MERGE_DENSE_PAIRS, 0])  # 0: class blocks
 @pytest.mark.parametrize("merge_iou", [0.5, 0.75, 1.0])
 @pytest.mark.parametrize("score_threshold", [0.0, 0.3])
-def test_merge_equals_a_plain_python_reference(merge_iou: float, score_threshold: float) -> None:
+def test_merge_equals_a_plain_python_reference(
+    merge_iou: float, score_threshold: float, dense_pairs: int, monkeypatch
+) -> None:
+    monkeypatch.setattr(postprocess, "MERGE_DENSE_PAIRS", dense_pairs)
     candidates = _clustered_candidates(seed=3)
     plain = select_detections(candidates, score_threshold, 0.45, 300)
     merged = select_detections(candidates, score_threshold, 0.45, 300, merge_iou=merge_iou)

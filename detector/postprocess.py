@@ -154,10 +154,9 @@ def merge_kept(
     merged_points = torch.empty(
         (len(kept), *landmarks.shape[1:]), dtype=torch.float32, device=boxes.device
     )
-    kept_classes, pool_classes = classes[kept], classes[pool]
-    if len(kept) * len(pool) <= MERGE_DENSE_PAIRS:
-        blocks = [(torch.arange(len(kept), device=kept.device), pool)]
-    else:  # per class: the same arithmetic for every same-class pair, far fewer pairs
+    blocks: list[tuple[slice | torch.Tensor, torch.Tensor]] = [(slice(None), pool)]
+    if len(kept) * len(pool) > MERGE_DENSE_PAIRS:  # per class: far fewer pairs, same sums
+        kept_classes, pool_classes = classes[kept], classes[pool]
         blocks = [
             (torch.nonzero(kept_classes == c).squeeze(1), pool[pool_classes == c])
             for c in torch.unique(kept_classes)

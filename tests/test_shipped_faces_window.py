@@ -46,7 +46,7 @@ def test_shipped_faces_window_model_is_a_grey_sliding_window_face_model(detector
 
 @pytest.mark.parametrize("name", sorted(FACES))
 def test_finds_the_face_in_a_real_photo(detector, name: str) -> None:
-    from detector.data.lfw_faces import load_photo
+    from detector.data.photos import load_photo
 
     found = detector.detect([load_photo(name)])[0]  # the default threshold
     assert len(found) > 0, f"{name}: no face found"
@@ -59,7 +59,8 @@ def test_finds_the_face_in_a_real_photo(detector, name: str) -> None:
 
 
 def test_reports_nothing_on_held_out_face_free_photos(detector) -> None:
-    from detector.data.lfw_faces import HELD_OUT_PHOTOS, load_photo
+    from detector.data.lfw_faces import HELD_OUT_PHOTOS
+    from detector.data.photos import load_photo
 
     threshold = DetectOptions().score_threshold
     reported = {}

@@ -29,6 +29,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from detector.data.photos import load_photo, skimage_data
+
 FACE_DIR = "face"
 BACKGROUND_DIR = "background"  # detector.data.window_crops.BACKGROUND_DIR (imports torch)
 COPIES = 10  # jittered copies per face
@@ -51,7 +53,7 @@ CLUTTER_SIDE = 256
 HELD_OUT_PHOTOS = ("coffee", "rocket", "chelsea", "cat", "gravel", "text")
 # Photos with real faces: the shipped model's test that it finds them; never written.
 PHOTOS_WITH_FACES = ("astronaut", "camera")
-INSTALL_HINT = "pip install 'yolo-detector[synth]'"
+PURPOSE = "the lfw-faces crops"  # what an ImportError says needs scikit-image
 
 
 @dataclass
@@ -68,23 +70,9 @@ class LfwSummary:
 def load_lfw() -> tuple[np.ndarray, np.ndarray]:
     """scikit-image's ``lfw_subset``: ``(faces (100, 25, 25), non_faces (100, 25, 25))``
     uint8 grey."""
-    data = _skimage_data()
+    data = skimage_data(PURPOSE)
     crops = np.round(data.lfw_subset() * 255).astype(np.uint8)  # (200, 25, 25)
     return crops[:100], crops[100:]
-
-
-def load_photo(name: str) -> np.ndarray:
-    """A bundled scikit-image image as ``(H, W, 3)`` uint8 RGB (grey repeated, alpha and
-    bool images converted)."""
-    image = getattr(_skimage_data(), name)()
-    image = np.asarray(image[0] if isinstance(image, tuple) else image)  # stereo: the left
-    if image.dtype.kind == "f":
-        image = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
-    if image.dtype == bool:
-        image = image.astype(np.uint8) * 255
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    return np.ascontiguousarray(image[..., :3], dtype=np.uint8)
 
 
 def jitter_face(face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -143,7 +131,7 @@ def generate_lfw_faces(
     for i, crop in enumerate(non_faces):
         _write(background_dir / f"lfw_{i:03d}.png", crop)
     for name in TRAIN_PHOTOS:
-        photo = load_photo(name)
+        photo = load_photo(name, PURPOSE)
         shrink = SCENE_SIDE / max(photo.shape[:2])
         if shrink < 1:
             size = (round(photo.shape[1] * shrink), round(photo.shape[0] * shrink))
@@ -185,11 +173,3 @@ def clutter_scene(rng: np.random.Generator, side: int) -> np.ndarray:
 def _write(path: Path, image: np.ndarray) -> None:
     if not cv2.imwrite(str(path), np.ascontiguousarray(image)):
         raise OSError(f"{path}: cannot write image")
-
-
-def _skimage_data():
-    try:
-        from skimage import data
-    except ImportError as exc:
-        raise ImportError(f"the lfw-faces crops need scikit-image: {INSTALL_HINT}") from exc
-    return data

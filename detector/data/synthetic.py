@@ -37,6 +37,7 @@ import yaml
 
 from detector.boxes import box_iou
 from detector.data.formats_common import boxes_from_xyxy
+from detector.data.photos import INSTALL_HINT, load_photo
 
 DIGIT_NAMES: tuple[str, ...] = tuple(str(d) for d in range(10))
 SPLITS = ("train", "val")
@@ -51,7 +52,6 @@ IMAGE_FORMATS = ("png", "jpg")
 JPEG_QUALITY = 95
 COLOUR_CANDIDATES = 16  # random foreground colours tried per digit
 LABEL_DECIMALS = 6
-INSTALL_HINT = "pip install 'yolo-detector[synth]'"
 
 
 @dataclass(frozen=True)
@@ -139,16 +139,7 @@ class DigitSource:
 
 def load_textures() -> tuple[np.ndarray, ...]:
     """scikit-image's bundled images named in ``TEXTURE_NAMES``, each ``(H, W, 3)`` uint8 RGB."""
-    try:
-        from skimage import data
-    except ImportError as exc:
-        raise ImportError(f"the background textures need scikit-image: {INSTALL_HINT}") from exc
-    textures = []
-    for name in TEXTURE_NAMES:
-        image = getattr(data, name)()
-        image = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
-        textures.append(np.ascontiguousarray(image, dtype=np.uint8))
-    return tuple(textures)
+    return tuple(load_photo(name, "the background textures") for name in TEXTURE_NAMES)
 
 
 def _random_colour(rng: np.random.Generator) -> np.ndarray:

@@ -17,6 +17,12 @@ Usage (from the repository root)::
 
     uv run python bench/bench_window.py --threads 1
     uv run python bench/bench_window.py --window 36 --image 320x240 --min-size 24
+    uv run python bench/bench_window.py --models digits-window,digits
+
+``--models A,B,...`` times trained models instead (names in ``weights/`` or paths):
+``Detector.detect`` on the same image (a random-noise frame, the same for every model),
+the whole call from the uint8 image to ``Detections``, interleaved in rounds so that
+every model sees the same load; images/s and the ratio to the first model.
 """
 
 from __future__ import annotations
@@ -58,13 +64,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=256, help="crops per naive forward")
     parser.add_argument("--repeats", type=int, default=3, help="timed convolutional runs")
     parser.add_argument("--seed", type=int, default=0, help="image and weights seed")
+    parser.add_argument(
+        "--models",
+        default="",
+        help="comma-separated trained models (weights/ names or paths) to time end to end "
+        "instead, e.g. digits-window,digits",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (--models)")
     args = parser.parse_args(argv)
     try:
         width, height = (int(v) for v in args.image.lower().split("x"))
     except ValueError:
         parser.error(f"--image must be WIDTHxHEIGHT, e.g. 640x480, got {args.image!r}")
     args.size = (height, width)
-    for name in ("threads", "batch", "repeats", "classes"):
+    for name in ("threads", "batch", "repeats", "classes", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     return args
@@ -102,9 +115,48 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
+def compare_models(args: argparse.Namespace) -> int:
+    """``--models``: each trained model's ``Detector.detect`` on one image, interleaved."""
+    import numpy as np
+
+    from detector.predict import Detector
+
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    try:
+        detectors = {name: Detector.load(name, device="cpu") for name in names}
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rng = np.random.default_rng(args.seed)
+    image = rng.integers(0, 256, (*args.size, 3), dtype=np.uint8)
+    for detector in detectors.values():
+        detector.detect([image])  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in detectors}
+    for _ in range(args.rounds):
+        for name, detector in detectors.items():
+            seconds, _ = timed(lambda d=detector: d.detect([image]), args.repeats)
+            times[name].append(seconds)
+    print(
+        f"image {args.size[1]}x{args.size[0]} (random noise), Detector.detect, torch threads "
+        f"{torch.get_num_threads()}, median of {args.rounds} interleaved rounds of "
+        f"{args.repeats} calls"
+    )
+    first = statistics.median(times[names[0]])
+    width = max(len(name) for name in names)
+    for name, detector in detectors.items():
+        seconds = statistics.median(times[name])
+        print(
+            f"{name:<{width}}  {detector.kind:<14}  {1 / seconds:8.2f} images/s  "
+            f"({seconds * 1000:.0f} ms/image, {first / seconds:.2f}x {names[0]})"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.models:
+        return compare_models(args)
     try:
         config = WindowConfig(num_classes=args.classes, window=args.window)
         levels = pyramid_levels(args.size, args.window, args.min_size, args.step)

@@ -244,6 +244,9 @@ class WindowTrainConfig:
     stage_widths: tuple[int, ...] | None = None  # conv stage channels; None: WindowConfig's
     fc_widths: tuple[int, ...] | None = None  # "fully connected" widths; None: WindowConfig's
     grayscale: bool = False  # the model reads its input as luminance (WindowConfig.grayscale)
+    # Grey border around each pyramid level, network pixels (WindowConfig.border); None:
+    # a quarter of the window, which a positive of an object at the image's edge reaches.
+    border: int | None = None
     negatives_per_positive: int = 3  # random negative crops per positive crop
     box_gain: float = 1.0  # weight of the smooth-L1 box term (class cross-entropy weighs 1)
     hard_negative_rounds: int = 1  # rounds of hard-negative mining (0: none)
@@ -255,6 +258,8 @@ class WindowTrainConfig:
     def __post_init__(self) -> None:
         if self.min_size is not None and self.min_size < 0:
             raise ValueError(f"min_size must be >= 0 (0: the window), got {self.min_size}")
+        if self.border is not None and self.border < 0:
+            raise ValueError(f"border must be >= 0 pixels, got {self.border}")
         if self.negatives_per_positive < 0:
             raise ValueError(
                 f"negatives_per_positive must be >= 0, got {self.negatives_per_positive}"

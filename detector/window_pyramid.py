@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detector.boxes import Letterbox, boxes_to_original
+from detector.config import LETTERBOX_PAD_VALUE
 from detector.models.window import (
     BACKGROUND,
     WindowClassifier,
@@ -119,6 +120,19 @@ def resize_to_level(images: torch.Tensor, level: PyramidLevel) -> torch.Tensor:
     )
 
 
+def pad_level(images: torch.Tensor, border: int) -> torch.Tensor:
+    """A resized level with ``border`` pixels of letterbox grey on every side (the grey the
+    training crops have where a window leaves the image); ``images`` itself when 0."""
+    if border == 0:
+        return images
+    return F.pad(images, (border,) * 4, value=LETTERBOX_PAD_VALUE / 255.0)
+
+
+def level_input(images: torch.Tensor, level: PyramidLevel, border: int) -> torch.Tensor:
+    """What the classifier runs on at ``level``: resized, then padded by ``border``."""
+    return pad_level(resize_to_level(images, level), border)
+
+
 def window_boxes(
     config: WindowConfig,
     output_size: tuple[int, int],
@@ -127,8 +141,8 @@ def window_boxes(
 ) -> torch.Tensor:
     """The window of every output position, in the network input's pixels.
 
-    Position ``(i, j)`` is ``(x0, y0, x0 + W, y0 + W)`` with ``x0 = j * stride`` and
-    ``y0 = i * stride``.
+    Position ``(i, j)`` is ``(x0, y0, x0 + W, y0 + W)`` with ``x0 = j * stride - border``
+    and ``y0 = i * stride - border`` (``config.border``: the level was padded by it).
 
     Args:
         output_size: ``(H', W')``, e.g. ``config.output_size(input_size)``.
@@ -140,7 +154,7 @@ def window_boxes(
     ys = torch.arange(rows, device=device, dtype=dtype) * config.stride  # (H',)
     xs = torch.arange(cols, device=device, dtype=dtype) * config.stride  # (W',)
     y0, x0 = torch.meshgrid(ys, xs, indexing="ij")  # (H', W') each
-    corners = torch.stack((x0, y0), -1).reshape(-1, 2)  # (H' * W', 2)
+    corners = torch.stack((x0, y0), -1).reshape(-1, 2) - config.border  # (H' * W', 2)
     return torch.cat((corners, corners + config.window), 1)
 
 
@@ -181,8 +195,8 @@ def window_candidates(
     over the C + 1 logits among the C object classes.
 
     Args:
-        raw: ``(B, C + 5, H', W')`` output of the classifier on ``resize_to_level(images,
-            level)``.
+        raw: ``(B, C + 5, H', W')`` output of the classifier on ``level_input(images,
+            level, config.border)``.
 
     Returns:
         Per image, one :class:`WindowCandidates` with ``N = H' * W'`` rows, row-major.
@@ -222,7 +236,10 @@ def pyramid_candidates(
         is no level).
     """
     config = model.config
-    per_level = [window_candidates(model(resize_to_level(images, lv)), config, lv) for lv in levels]
+    per_level = [
+        window_candidates(model(level_input(images, lv, config.border)), config, lv)
+        for lv in levels
+    ]
     if not per_level:
         return [
             WindowCandidates(
@@ -258,7 +275,8 @@ class WindowDetector(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         levels = self.levels(tuple(images.shape[-2:]))
-        return tuple(self.classifier(resize_to_level(images, level)) for level in levels)
+        border = self.config.border
+        return tuple(self.classifier(level_input(images, level, border)) for level in levels)
 
 
 def window_detector_candidates(

@@ -23,7 +23,12 @@ import numpy as np
 from detector.config import WindowTrainConfig
 from detector.data.transforms import AugmentConfig
 from detector.data.types import DatasetInfo
-from detector.data.window_crops import WindowCropDataset, is_crop_folder, is_scene
+from detector.data.window_crops import (
+    CENTRE_JITTER,
+    WindowCropDataset,
+    is_crop_folder,
+    is_scene,
+)
 from detector.hard_negatives import false_positive_windows
 from detector.models.window import WindowConfig
 
@@ -35,6 +40,7 @@ MIN_SIZE_PERCENTILE = 2  # auto min_size: this percentile of the boxes' longer s
 # ... and at least window / MAX_UPSCALE: the pyramid enlarges the input at most 2x (its
 # first level costs MAX_UPSCALE**2 times the input's pixels).
 MAX_UPSCALE = 2.0
+BORDER_FRACTION = 4  # default border: window // 4 pixels around each pyramid level
 HARD_NEGATIVES_KEY = "hard_negatives"  # checkpoint metadata: [[sample, x0, y0, x1, y1], ...]
 
 
@@ -85,6 +91,7 @@ def window_model_config(
         min_size=min_size,
         grayscale=window.grayscale,
         regress_boxes=not whole_crops,
+        border=window.window // BORDER_FRACTION if window.border is None else window.border,
         **shape,
     )
 
@@ -97,7 +104,9 @@ def window_dataset(
     data_path: str,
     seed: int,
 ) -> WindowCropDataset:
-    """The crop dataset of a training split (whole crops for a crops folder)."""
+    """The crop dataset of a training split (whole crops for a crops folder): positives
+    jittered by at least half the stride, negatives reaching as far past the image's edge
+    as the model's windows (its ``border``)."""
     return WindowCropDataset(
         info,
         config.window,
@@ -107,6 +116,8 @@ def window_dataset(
         seed=seed,
         negatives_per_positive=window.negatives_per_positive,
         whole_images=is_crop_folder(data_path),
+        centre_jitter=max(CENTRE_JITTER, config.stride / (2 * config.window)),
+        overhang=config.border / config.window,
     )
 
 

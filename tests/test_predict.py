@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from digit_scenes import digit_scenes
 
 from detector import predict
 from detector.boxes import LETTERBOX_PAD_VALUE, box_iou, minimal_input_size
@@ -478,20 +479,6 @@ def test_cpu_and_cuda_agree(model_path):
 
 
 # The shipped, trained model.
-
-
-def digit_scenes() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Large, fully visible digits on plain backgrounds: landscape and portrait."""
-    from detector.data.synthetic import DigitSource, SceneConfig, render_scene
-
-    source = DigitSource.load("val")
-    config = SceneConfig(min_size=0.25, max_size=0.4, border_cut_prob=0.0, max_iou=0.0)
-    scenes = []
-    for seed, size in enumerate([(240, 560), (560, 240), (300, 420), (420, 300)]):
-        rng = np.random.default_rng(seed)
-        background = np.full((*size, 3), 200 if seed % 2 else 60, np.uint8)
-        scenes.append(render_scene(rng, size, source, 2, config=config, background=background))
-    return scenes
 
 
 @needs_shipped

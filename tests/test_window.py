@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -274,3 +275,45 @@ def test_without_box_regression_a_candidate_is_its_window():
         k: v for k, v in config.to_dict().items() if k not in ("grayscale", "regress_boxes")
     }
     assert WindowConfig.from_dict(old_file).regress_boxes  # files from before: regressing
+
+
+def test_a_bordered_pyramid_classifies_windows_that_leave_the_image_as_training_cuts_them():
+    """With ``border`` b, every level is padded by b grey pixels: the first window starts
+    at (-b, -b) in the level, and each window's output equals the classifier run on that
+    window cut as the training crops are (``cut_window``: the letterbox grey outside)."""
+    from detector.config import LETTERBOX_PAD_VALUE
+    from detector.data.window_crops import cut_window
+    from detector.window_pyramid import WindowDetector, level_input
+
+    config = WindowConfig(num_classes=3, window=24, border=6, min_size=30.0)
+    model = random_model(config)
+    detector = WindowDetector(config).eval()
+    detector.classifier = model
+    pixels = torch.randint(0, 256, (45, 61, 3), dtype=torch.uint8)
+    image = pixels.permute(2, 0, 1)[None].float() / 255  # (1, 3, 45, 61)
+    levels = detector.levels((45, 61))
+    with torch.no_grad():
+        raw = detector(image)
+        assert len(raw) == len(levels)
+        for level, out in zip(levels, raw, strict=True):
+            h, w = level.size
+            assert tuple(out.shape[-2:]) == config.output_size((h + 12, w + 12))
+            boxes = window_boxes(config, tuple(out.shape[-2:]))
+            assert boxes[0].tolist() == [-6.0, -6.0, 18.0, 18.0]
+            # the level's pixels as uint8, cut like a training crop, must classify alike
+            resized = level_input(image, level, 0)[0]  # (3, h, w), no border
+            as_uint8 = (resized * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+            picks = [0, out.shape[-1] - 1, out.shape[-2] * out.shape[-1] - 1]
+            crops = [
+                cut_window(as_uint8, boxes[p].numpy(), config.window, LETTERBOX_PAD_VALUE)
+                for p in picks
+            ]
+            batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
+            want = model(batch)[:, :, 0, 0]  # (3, C + 5)
+            # the level itself padded, not rounded to uint8: close, not equal
+            got = out[0].flatten(1).T[picks]
+            torch.testing.assert_close(got, want, atol=0.05, rtol=0.05)
+            exact = model(level_input(image, level, 6))[0].flatten(1).T
+            torch.testing.assert_close(exact, out[0].flatten(1).T)
+    with pytest.raises(ValueError, match="border"):
+        WindowConfig(num_classes=3, window=24, border=-1)

@@ -44,6 +44,7 @@ from detector.window_train import (
     HARD_NEGATIVES_KEY,
     hard_negative_epochs,
     mining_indices,
+    window_dataset,
     window_model_config,
 )
 
@@ -110,6 +111,37 @@ def test_negative_windows_overlap_no_object() -> None:
     assert (found[:, 3] <= size[0]).all()
     others = torch.from_numpy(np.concatenate((boxes, reference_window(boxes))))
     assert (box_iou(torch.from_numpy(found), others) < NEGATIVE_IOU).all()
+
+
+def test_jitter_and_overhang_follow_the_model_geometry() -> None:
+    """A wider jitter reaches past CENTRE_JITTER (a window 16 at stride 4: half a stride is
+    0.125 of the side); negatives with an overhang leave the image by at most it, and
+    window_dataset sets both from the model (border = window // 4 by default)."""
+    rng = np.random.default_rng(2)
+    boxes = _random_boxes(rng, 2000)
+    windows = np.stack([positive_window(b, rng, 0.125) for b in boxes])
+    side = windows[:, 2] - windows[:, 0]
+    offset = np.abs((boxes[:, :2] + boxes[:, 2:]) / 2 - (windows[:, :2] + windows[:, 2:]) / 2)
+    assert (offset <= 0.125 * side[:, None] + 1).all()
+    assert (offset > CENTRE_JITTER * side[:, None] + 1).any()
+
+    size = (240, 320)
+    negatives = [negative_window(size, np.zeros((0, 4)), 12.0, rng, 0.25) for _ in range(400)]
+    found = np.stack(negatives)
+    side = found[:, 2] - found[:, 0]
+    outside = np.maximum(-found[:, :2], 0).max(1)
+    outside = np.maximum(outside, found[:, 2] - size[1])
+    outside = np.maximum(outside, found[:, 3] - size[0])
+    assert (outside <= 0.25 * side).all() and (outside > 0).mean() > 0.2
+
+    info = DatasetInfo(["a"], [Sample("x.png", 320, 240, boxes[:1], np.zeros(1, np.int64))])
+    window = WindowTrainConfig(window=16, min_size=16)
+    config = window_model_config(window, info, 320, print)
+    assert config.border == 4  # window // 4
+    dataset = window_dataset(info, config, window, AugmentConfig(), "data.yaml", 0)
+    assert dataset.centre_jitter == 0.125 and dataset.overhang == 0.25
+    bare = window_model_config(replace(window, border=0), info, 320, print)
+    assert bare.border == 0
 
 
 def _bright_box_sample(tmp_path: Path) -> tuple[Sample, np.ndarray]:

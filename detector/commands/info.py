@@ -97,7 +97,7 @@ def _window_lines(config: WindowConfig) -> list[str]:
         f"input: {config.input_size}x{config.input_size} (letterboxed, read as {colour})",
         f"window: {config.window}x{config.window}, stride {config.stride}, boxes {boxes}",
         f"pyramid: min size {config.min_size:g} input pixels (0: the window), "
-        f"scale step {config.scale_step:.4g}",
+        f"scale step {config.scale_step:.4g}, border {config.border} px",
         f"widths: stages {list(config.stage_widths)}, fully connected {list(config.fc_widths)}",
     ]
 

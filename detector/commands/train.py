@@ -55,6 +55,7 @@ WINDOW_FLAGS = {
     "window_widths": "--window-widths",
     "fc_widths": "--fc-widths",
     "gray": "--gray",
+    "window_border": "--window-border",
     "negatives": "--negatives",
     "hard_negatives": "--hard-negatives",
     "hard_negative_epochs": "--hard-negative-epochs",
@@ -306,6 +307,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "in the model file): for grey training crops and colour photos alike",
     )
     w.add_argument(
+        "--window-border",
+        type=int,
+        metavar="PX",
+        help="letterbox grey around every pyramid level, in window pixels, so windows reach "
+        "past the image's edge like the training crops of objects near it (default: a "
+        "quarter of the window; 0: windows stay inside the image)",
+    )
+    w.add_argument(
         "--negatives",
         type=int,
         metavar="N",
@@ -381,6 +390,7 @@ def window_train_config(args: argparse.Namespace) -> WindowTrainConfig:
         "stage_widths": args.window_widths,
         "fc_widths": args.fc_widths,
         "grayscale": args.gray,
+        "border": args.window_border,
         "negatives_per_positive": args.negatives,
         "hard_negative_rounds": args.hard_negatives,
         "hard_negative_epochs": args.hard_negative_epochs,

@@ -5,10 +5,12 @@ training image gives (:class:`WindowCropDataset`):
 
 * **positives**: one window per labelled object, square, with the object's longer side
   ``POSITIVE_FILL`` (0.6–0.9, log-uniform) of the window's side, its centre jittered by up
-  to ``CENTRE_JITTER`` of the side (the object always stays inside the window); class
+  to ``CENTRE_JITTER`` of the side, or half the model's stride if more (the pyramid's
+  nearest window is that far off at most; the object always stays inside); class
   ``c + 1`` and the regression target ``encode_window_box(object, window)``;
 * **random negatives**: ``negatives_per_positive`` (default 3) per positive (at least that
-  many for an image without objects), square windows at uniform places and log-uniform
+  many for an image without objects), square windows at uniform places (reaching past the
+  image's edge as far as the model's ``border`` lets its windows) and log-uniform
   sides from the pyramid's smallest window to the image's short side, with IoU below
   ``NEGATIVE_IOU`` (0.3) with every object's box and with every object's reference window
   (:func:`reference_window`), so that no negative looks like a positive; a draw that
@@ -91,11 +93,14 @@ def aligned_window(x0: float, y0: float, side: float) -> np.ndarray:
     return np.array([left, top, left + whole, top + whole], np.float64)
 
 
-def positive_window(box: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def positive_window(
+    box: np.ndarray, rng: np.random.Generator, jitter: float = CENTRE_JITTER
+) -> np.ndarray:
     """A random positive window of one object (see the module docstring).
 
     Args:
         box: ``(4,)`` xyxy pixels, positive width and height.
+        jitter: the largest offset of the object's centre from the window's, x its side.
 
     Returns:
         ``(4,)`` float64 xyxy, integer-aligned, containing ``box``.
@@ -106,7 +111,7 @@ def positive_window(box: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     side = max(w, h) / fill
     # Centre offsets that keep the object inside: |dx| <= (side - w) / 2.
     room = np.array([(side - w) / 2, (side - h) / 2])
-    dx, dy = rng.uniform(-1, 1, 2) * np.minimum(room, CENTRE_JITTER * side)
+    dx, dy = rng.uniform(-1, 1, 2) * np.minimum(room, jitter * side)
     cx, cy = (x1 + x2) / 2 + dx, (y1 + y2) / 2 + dy
     return aligned_window(cx - side / 2, cy - side / 2, side)
 
@@ -130,18 +135,24 @@ def is_negative(windows: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def negative_window(
-    image_size: tuple[int, int], boxes: np.ndarray, min_side: float, rng: np.random.Generator
+    image_size: tuple[int, int],
+    boxes: np.ndarray,
+    min_side: float,
+    rng: np.random.Generator,
+    overhang: float = 0.0,
 ) -> np.ndarray | None:
-    """A random negative window inside an ``(h, w)`` image, or ``None`` when
+    """A random negative window of an ``(h, w)`` image, or ``None`` when
     ``NEGATIVE_ATTEMPTS`` draws all overlapped an object.
 
     Args:
         boxes: ``(N, 4)`` the image's objects, xyxy pixels.
         min_side: the smallest side to draw (the pyramid's smallest window in these
             pixels); the largest is the image's short side.
+        overhang: how far the window may leave the image on each side, x its side (the
+            model's ``border`` / window: the windows of a padded pyramid level do).
 
     Returns:
-        ``(4,)`` float64 xyxy, integer-aligned, inside the image.
+        ``(4,)`` float64 xyxy, integer-aligned, inside the image grown by ``overhang``.
     """
     h, w = image_size
     largest = min(h, w)
@@ -149,8 +160,9 @@ def negative_window(
     for _ in range(NEGATIVE_ATTEMPTS):
         side = min(largest, round(math.exp(rng.uniform(math.log(smallest), math.log(largest)))))
         side = max(side, 1)
-        x0 = int(rng.integers(0, w - side + 1))
-        y0 = int(rng.integers(0, h - side + 1))
+        out = int(overhang * side)
+        x0 = int(rng.integers(-out, w - side + out + 1))
+        y0 = int(rng.integers(-out, h - side + out + 1))
         window = np.array([x0, y0, x0 + side, y0 + side], np.float64)
         if is_negative(window[None], boxes)[0]:
             return window
@@ -247,6 +259,8 @@ class WindowCropDataset(Dataset):
         augment: brightness (``hsv_v``), flips (``fliplr``) and the pad grey.
         seed: base seed of every random choice.
         negatives_per_positive: random negatives per positive.
+        centre_jitter: positives' largest centre offset, x the window side.
+        overhang: how far random negatives may leave the image, x their side.
         whole_images: each sample is a crop of a crops folder: one crop per image, the
             whole image, labelled by its first box's class (background without a box),
             no regression target; a scene (:func:`is_scene`) gives random negative
@@ -263,6 +277,8 @@ class WindowCropDataset(Dataset):
         seed: int = 0,
         negatives_per_positive: int = NEGATIVES_PER_POSITIVE,
         whole_images: bool = False,
+        centre_jitter: float = CENTRE_JITTER,
+        overhang: float = 0.0,
     ):
         if not info.samples:
             raise ValueError("the dataset split has no usable samples")
@@ -276,6 +292,8 @@ class WindowCropDataset(Dataset):
         self.seed = seed
         self.negatives_per_positive = negatives_per_positive
         self.whole_images = whole_images
+        self.centre_jitter = centre_jitter
+        self.overhang = overhang
         self.epoch = 0
         # Per sample, the hard-negative windows mining added: (M, 4) float64 xyxy.
         self.hard_negatives: list[np.ndarray] = [np.zeros((0, 4)) for _ in info.samples]
@@ -313,14 +331,16 @@ class WindowCropDataset(Dataset):
         object of each positive and NaN rows for negatives."""
         boxes = np.asarray(sample.boxes, np.float64).reshape(-1, 4)
         classes = np.asarray(sample.classes, np.int64).reshape(-1)
-        windows = [positive_window(box, rng) for box in boxes]
+        windows = [positive_window(box, rng, self.centre_jitter) for box in boxes]
         labels = list(classes + 1)
         targets = list(boxes)
         h, w = image_size
         ratio = self.input_size / max(h, w)  # letterbox scale: input px per image px
         wanted = self.negatives_per_positive * max(1, len(boxes))
         for _ in range(wanted):
-            negative = negative_window(image_size, boxes, self.smallest_object / ratio, rng)
+            negative = negative_window(
+                image_size, boxes, self.smallest_object / ratio, rng, self.overhang
+            )
             if negative is not None:
                 windows.append(negative)
                 labels.append(BACKGROUND)

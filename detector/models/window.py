@@ -52,6 +52,10 @@ class WindowConfig:
     # Whether a detection's box is its window's regression (OverFeat) or the window itself:
     # False for a model trained on whole crops only, whose regressor had no target.
     regress_boxes: bool = True
+    # Letterbox grey around every pyramid level, in network pixels on each side, so that
+    # windows reach past the image's edge as the training crops of objects near it do
+    # (detector.window_pyramid.pad_level). 0: windows stay inside the image (files before).
+    border: int = 0
 
     def __post_init__(self) -> None:
         if self.input_size < self.window:
@@ -62,6 +66,8 @@ class WindowConfig:
             raise ValueError(f"min_size must be >= 0 (0: the window), got {self.min_size}")
         if not self.scale_step > 1:
             raise ValueError(f"scale_step must be > 1, got {self.scale_step}")
+        if self.border < 0:
+            raise ValueError(f"border must be >= 0 pixels, got {self.border}")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if not self.stage_widths or min(self.stage_widths) < 1:

@@ -12,7 +12,8 @@ stages apart: :meth:`Detector.preprocess` (CPU, one image, in a thread pool),
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,27 @@ from detector.weights import (  # noqa: F401  (MODEL_SUFFIX, WEIGHTS_DIR: re-exp
 )
 
 BACKENDS = ("torch", "onnxruntime")  # what runs the network (see Detector.load)
+# Torch threads for the work around an ONNX Runtime network (uint8 -> float, decoding,
+# NMS, mapping back): one. After a parallel region torch's idle OpenMP threads spin for a
+# while and took the cores from ONNX Runtime's own threads: Detector.detect with ONNX
+# Runtime on a 640x480 frame, 2-core CPU, ran 49 images/s with torch at 2 threads and
+# 112-115 with torch at 1 for those steps (interleaved, one run).
+ONNXRUNTIME_TORCH_THREADS = 1
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads, then restore the number it
+    had (process-wide, as ``torch.set_num_threads`` is); ``None``: leave it."""
+    before = torch.get_num_threads()
+    if threads is None or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class Detector:
@@ -83,6 +105,9 @@ class Detector:
         self.metadata = metadata or {}
         self.use_cuda = device.type == "cuda"
         self.pad_to_square = False  # True: letterbox every image to the model's square
+        # torch threads of forward's and postprocess's own work (None: as the process
+        # has them); ONNX Runtime models: ONNXRUNTIME_TORCH_THREADS.
+        self.torch_threads: int | None = None
         # Channels-last on every device: measured 1.16x (1 thread) to 1.27x (2 threads)
         # the images/s of NCHW on a 2-core CPU; on CUDA it is what bf16 tensor cores want.
         model = model.to(device, memory_format=torch.channels_last).eval()
@@ -138,7 +163,9 @@ class Detector:
         if device.type != "cpu":
             raise ValueError("backend onnxruntime runs on the CPU here; use --device cpu")
         network = OnnxRuntimeNetwork(path)
-        return cls(network, network.config, device, network.kind, path.stem, network.metadata)
+        detector = cls(network, network.config, device, network.kind, path.stem, network.metadata)
+        detector.torch_threads = ONNXRUNTIME_TORCH_THREADS
+        return detector
 
     @property
     def input_size(self) -> int:
@@ -235,15 +262,16 @@ class Detector:
                 f"batch must be (B, h, w, 3) uint8 letterboxed images, h and w multiples of "
                 f"{multiple} up to {size}; got {tuple(x.shape)} {x.dtype}"
             )
-        x = x.to(self.device, non_blocking=True)  # (B, S, S, 3) uint8
-        x = x.permute(0, 3, 1, 2).float().div_(255)  # (B, 3, S, S)
-        x = x.contiguous(memory_format=torch.channels_last)
-        if self.use_cuda:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch_threads(self.torch_threads):
+            x = x.to(self.device, non_blocking=True)  # (B, S, S, 3) uint8
+            x = x.permute(0, 3, 1, 2).float().div_(255)  # (B, 3, S, S)
+            x = x.contiguous(memory_format=torch.channels_last)
+            if self.use_cuda:
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    raw = self.model(x)
+            else:
                 raw = self.model(x)
-        else:
-            raw = self.model(x)
-        return self._candidates(raw, self.config, tuple(x.shape[-2:]))
+            return self._candidates(raw, self.config, tuple(x.shape[-2:]))
 
     @torch.inference_mode()
     def postprocess(
@@ -260,15 +288,17 @@ class Detector:
             raise ValueError(
                 f"{len(letterboxes)} letterboxes for a batch of {len(candidates)} images"
             )
-        selected = select_detections(
-            candidates,
-            options.score_threshold,
-            options.iou_threshold,
-            options.max_detections,
-            class_ids(options.classes, self.names),
-            options.merge_iou,
-        )
-        return [self._to_original(det, lb) for det, lb in zip(selected, letterboxes, strict=True)]
+        with torch_threads(self.torch_threads):
+            selected = select_detections(
+                candidates,
+                options.score_threshold,
+                options.iou_threshold,
+                options.max_detections,
+                class_ids(options.classes, self.names),
+                options.merge_iou,
+            )
+            pairs = zip(selected, letterboxes, strict=True)
+            return [self._to_original(det, lb) for det, lb in pairs]
 
     def _to_original(self, det: RawDetections, lb: Letterbox) -> Detections:
         boxes = boxes_to_original(det.boxes.float(), lb).cpu().numpy().astype(np.float32)

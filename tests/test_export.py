@@ -389,6 +389,35 @@ def test_detector_with_the_onnxruntime_backend_equals_torch(torch_model, onnx_pa
         Detector.load(weights, device="cpu", backend="tensorrt")
 
 
+def test_the_onnxruntime_backend_runs_its_torch_steps_on_one_thread(onnx_path, tmp_path):
+    """Around an ONNX Runtime network, torch's own steps (and so its OpenMP pool, whose idle
+    threads spin and took the cores from ONNX Runtime) run on one thread; the process's
+    setting is back afterwards, also after an error."""
+    import numpy as np
+
+    from detector.predict import ONNXRUNTIME_TORCH_THREADS, Detector, torch_threads
+
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(onnx_path.read_bytes())
+    detector = Detector.load(onnx_file, device="cpu", backend="onnxruntime")
+    assert detector.torch_threads == ONNXRUNTIME_TORCH_THREADS == 1
+    seen = []
+    network = detector.model
+    detector.model = lambda x: seen.append(torch.get_num_threads()) or network(x)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), np.uint8)
+        detector.detect([image, image])
+        assert seen == [1] and torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="boom"), torch_threads(1):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_predict_and_the_server_repository_take_the_onnxruntime_backend(onnx_path, tmp_path):
     import json as json_module
 

@@ -49,12 +49,6 @@ from detector.weights import (  # noqa: F401  (MODEL_SUFFIX, WEIGHTS_DIR: re-exp
 )
 
 BACKENDS = ("torch", "onnxruntime")  # what runs the network (see Detector.load)
-# Torch threads for the work around an ONNX Runtime network (uint8 -> float, decoding,
-# NMS, mapping back): one. After a parallel region torch's idle OpenMP threads spin for a
-# while and took the cores from ONNX Runtime's own threads: Detector.detect with ONNX
-# Runtime on a 640x480 frame, 2-core CPU, ran 49 images/s with torch at 2 threads and
-# 112-115 with torch at 1 for those steps (interleaved, one run).
-ONNXRUNTIME_TORCH_THREADS = 1
 
 
 @contextmanager
@@ -105,9 +99,10 @@ class Detector:
         self.metadata = metadata or {}
         self.use_cuda = device.type == "cuda"
         self.pad_to_square = False  # True: letterbox every image to the model's square
-        # torch threads of forward's and postprocess's own work (None: as the process
-        # has them); ONNX Runtime models: ONNXRUNTIME_TORCH_THREADS.
-        self.torch_threads: int | None = None
+        # torch threads of forward's and postprocess's own work: what the network asks
+        # for (an ONNX Runtime network: 1, see OnnxRuntimeNetwork.torch_threads), else
+        # None, as the process has them.
+        self.torch_threads: int | None = getattr(model, "torch_threads", None)
         # Channels-last on every device: measured 1.16x (1 thread) to 1.27x (2 threads)
         # the images/s of NCHW on a 2-core CPU; on CUDA it is what bf16 tensor cores want.
         model = model.to(device, memory_format=torch.channels_last).eval()
@@ -163,9 +158,7 @@ class Detector:
         if device.type != "cpu":
             raise ValueError("backend onnxruntime runs on the CPU here; use --device cpu")
         network = OnnxRuntimeNetwork(path)
-        detector = cls(network, network.config, device, network.kind, path.stem, network.metadata)
-        detector.torch_threads = ONNXRUNTIME_TORCH_THREADS
-        return detector
+        return cls(network, network.config, device, network.kind, path.stem, network.metadata)
 
     @property
     def input_size(self) -> int:

@@ -395,12 +395,15 @@ def test_the_onnxruntime_backend_runs_its_torch_steps_on_one_thread(onnx_path, t
     setting is back afterwards, also after an error."""
     import numpy as np
 
-    from detector.predict import ONNXRUNTIME_TORCH_THREADS, Detector, torch_threads
+    from detector.export import OnnxRuntimeNetwork
+    from detector.predict import Detector, torch_threads
 
     onnx_file = tmp_path / "m.onnx"
     onnx_file.write_bytes(onnx_path.read_bytes())
     detector = Detector.load(onnx_file, device="cpu", backend="onnxruntime")
-    assert detector.torch_threads == ONNXRUNTIME_TORCH_THREADS == 1
+    assert detector.torch_threads == 1
+    network = OnnxRuntimeNetwork(onnx_file, threads=2)  # built by hand, as bench_predict does
+    assert Detector(network, network.config, torch.device("cpu"), network.kind).torch_threads == 1
     seen = []
     network = detector.model
     detector.model = lambda x: seen.append(torch.get_num_threads()) or network(x)

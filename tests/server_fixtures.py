@@ -110,6 +110,25 @@ async def serving(
         await server.stop(GRACE_S)
 
 
+def served_answers(repository: ModelRepository, model: str, images: list, score: float):
+    """Serve ``repository`` on a free loopback port and ask it as a user would: one
+    ``Detect`` per image and one ``StreamDetect`` of them all for ``model`` at ``score``,
+    then ``ListModels``. Returns ``(unary, streamed, models)``."""
+    from server.client import DetectorClient
+
+    def calls(address: str):
+        with DetectorClient(address, timeout=120) as client:
+            unary = [client.detect(image, model=model, score_threshold=score) for image in images]
+            stream = client.stream_detect(iter(images), model=model, score_threshold=score)
+            return unary, list(stream), client.list_models()
+
+    async def serve():
+        async with serving(repository) as (_, address):
+            return await asyncio.to_thread(calls, address)
+
+    return run(serve())
+
+
 async def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
     end = time.monotonic() + timeout
     while not predicate():

@@ -8,12 +8,10 @@ model answers in process.
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import torch
 from digit_scenes import digit_scenes
-from server_fixtures import assert_same, run, serving
+from server_fixtures import assert_same, served_answers
 from torchvision.ops import box_iou
 
 from detector.predict import MODEL_SUFFIX, WEIGHTS_DIR, Detector
@@ -63,23 +61,11 @@ def test_finds_digits_where_they_were_drawn(detector, scenes) -> None:
 
 
 def test_the_service_serves_it_by_name_next_to_the_grid_digits(detector, scenes) -> None:
-    from server.client import DetectorClient
     from server.repository import ModelRepository
 
     repository = ModelRepository.from_folder(WEIGHTS_DIR, device="cpu")  # as `detector serve`
     images = [s[0] for s in scenes]
-
-    def calls(address: str):
-        with DetectorClient(address, timeout=120) as client:
-            unary = [client.detect(image, model=MODEL, score_threshold=SCORE) for image in images]
-            stream = client.stream_detect(iter(images), model=MODEL, score_threshold=SCORE)
-            return unary, list(stream), client.list_models()
-
-    async def serve():
-        async with serving(repository) as (server, address):
-            return await asyncio.to_thread(calls, address)
-
-    unary, streamed, models = run(serve())
+    unary, streamed, models = served_answers(repository, MODEL, images, SCORE)
     kinds = {m.name: m.kind for m in models}
     assert kinds["digits"] == "grid" and kinds[MODEL] == "sliding-window"
     local = detector.detect(images, score_threshold=SCORE)

@@ -8,12 +8,10 @@ starts it on ``weights/`` (``faces`` next to the default ``digits``) with ``Dete
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
 import torch
-from server_fixtures import run, serving
+from server_fixtures import served_answers
 from torchvision.ops import box_iou
 
 from detector.data.faces import FLIP_IDX, KEYPOINT_NAMES, SKELETON
@@ -102,23 +100,11 @@ def test_shipped_faces_model_finds_landmarks_where_they_were_drawn(drawn):
 
 
 def test_the_service_serves_faces_next_to_digits_with_landmarks_in_image_pixels(drawn):
-    from server.client import DetectorClient
     from server.repository import ModelRepository
 
     repository = ModelRepository.from_folder(WEIGHTS_DIR, device="cpu")  # as `detector serve`
     images = [scene.image for scene in drawn.values()]
-
-    def calls(address: str):
-        with DetectorClient(address, timeout=60) as client:
-            unary = [client.detect(image, model=MODEL, score_threshold=SCORE) for image in images]
-            stream = client.stream_detect(iter(images), model=MODEL, score_threshold=SCORE)
-            return unary, list(stream), client.list_models()
-
-    async def serve():
-        async with serving(repository) as (server, address):
-            return await asyncio.to_thread(calls, address)
-
-    unary, streamed, models = run(serve())
+    unary, streamed, models = served_answers(repository, MODEL, images, SCORE)
     assert repository.default == "digits" and {"digits", MODEL} <= set(repository.names)
     (info,) = [m for m in models if m.name == MODEL]
     assert info.landmark_names == KEYPOINT_NAMES and not info.is_default

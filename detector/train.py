@@ -417,6 +417,14 @@ def _load_data(
         )
         for message in info.skipped[:5]:
             log(f"  skipped: {message}")
+    if options.val_images is not None and options.val_images < len(val_info.samples):
+        kept = val_info.samples[: options.val_images]
+        log(
+            f"{options.val_split}: validating on the first {len(kept)} of "
+            f"{len(val_info.samples)} images (--val-images), "
+            f"{sum(len(s.classes) for s in kept)} boxes"
+        )
+        val_info = replace(val_info, samples=kept)
     return train_info, val_info
 
 

@@ -88,11 +88,12 @@ def test_one_epoch_smoke_through_cli(data_yaml: Path, tmp_path: Path, capsys) ->
     out = tmp_path / "run"
     argv = ["train", "--data", str(data_yaml), "--imgsz", str(IMGSZ), "--batch", str(BATCH)]
     argv += ["--workers", "0", "--epochs", "1", "--device", "cpu", "--out", str(out)]
-    argv += ["--box-gain", "0.2"]
+    argv += ["--box-gain", "0.2", "--val-images", "3"]
     assert main([*argv, "--no-plots", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "best-possible recall" in printed
     assert f"train: {TRAIN_IMAGES} images" in printed
+    assert f"val: validating on the first 3 of {VAL_IMAGES} images (--val-images)" in printed
 
     assert {p.name for p in out.iterdir()} == OUTPUT_FILES  # no temporary files left
     rows = _rows(out)
@@ -116,6 +117,23 @@ def test_one_epoch_smoke_through_cli(data_yaml: Path, tmp_path: Path, capsys) ->
     (detections,) = detector.detect([image], score_threshold=0.0)
     assert len(detections) > 0
     assert set(detections.labels) <= set(detector.names)
+
+
+def test_val_images_keeps_the_first_images_of_the_split(data_yaml: Path, tmp_path: Path) -> None:
+    from detector.train import _load_data
+
+    logged: list[str] = []
+    options = _options(data_yaml, tmp_path / "run", 1, val_images=3)
+    _, val_info = _load_data(options, logged.append)
+    whole = load_dataset(str(data_yaml), "val")
+    assert [s.image_path for s in val_info.samples] == [s.image_path for s in whole.samples[:3]]
+    assert any("first 3 of" in line for line in logged)
+    _, everything = _load_data(_options(data_yaml, tmp_path / "all", 1, val_images=99), print)
+    assert len(everything.samples) == VAL_IMAGES
+    with pytest.raises(ValueError, match="val_images"):
+        _options(data_yaml, tmp_path / "bad", 1, val_images=0)
+    argv = ["train", "--data", str(data_yaml), "--val-images", "-1", "--out", str(tmp_path)]
+    assert main(argv) == 2
 
 
 @pytest.mark.parametrize("assign", sorted(ASSIGN_RULES))

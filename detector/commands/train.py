@@ -159,6 +159,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the schedule starts anew (default: random weights, k-means anchors)",
     )
     p.add_argument(
+        "--val-images",
+        type=int,
+        metavar="N",
+        help="validate each epoch on the first N images of the validation split (in the "
+        "dataset's order; YOLO and VOC folders: sorted by path) instead of all: a shorter "
+        "pass, e.g. for a sliding-window model (default: all)",
+    )
+    p.add_argument(
         "--stop-after",
         type=int,
         metavar="N",
@@ -454,6 +462,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         init=args.init,
         stop_after_epochs=args.stop_after,
+        val_images=args.val_images,
         cache=args.cache,
         strict=args.strict,
         plots=not args.no_plots,

@@ -110,14 +110,17 @@ async def serving(
         await server.stop(GRACE_S)
 
 
-def served_answers(repository: ModelRepository, model: str, images: list, score: float):
+def served_answers(
+    repository: ModelRepository, model: str, images: list, score: float, timeout: float
+):
     """Serve ``repository`` on a free loopback port and ask it as a user would: one
     ``Detect`` per image and one ``StreamDetect`` of them all for ``model`` at ``score``,
-    then ``ListModels``. Returns ``(unary, streamed, models)``."""
+    then ``ListModels``, each call with ``timeout`` seconds. Returns ``(unary, streamed,
+    models)``."""
     from server.client import DetectorClient
 
     def calls(address: str):
-        with DetectorClient(address, timeout=120) as client:
+        with DetectorClient(address, timeout=timeout) as client:
             unary = [client.detect(image, model=model, score_threshold=score) for image in images]
             stream = client.stream_detect(iter(images), model=model, score_threshold=score)
             return unary, list(stream), client.list_models()

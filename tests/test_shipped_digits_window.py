@@ -65,7 +65,7 @@ def test_the_service_serves_it_by_name_next_to_the_grid_digits(detector, scenes)
 
     repository = ModelRepository.from_folder(WEIGHTS_DIR, device="cpu")  # as `detector serve`
     images = [s[0] for s in scenes]
-    unary, streamed, models = served_answers(repository, MODEL, images, SCORE)
+    unary, streamed, models = served_answers(repository, MODEL, images, SCORE, timeout=120)
     kinds = {m.name: m.kind for m in models}
     assert kinds["digits"] == "grid" and kinds[MODEL] == "sliding-window"
     local = detector.detect(images, score_threshold=SCORE)

@@ -104,7 +104,7 @@ def test_the_service_serves_faces_next_to_digits_with_landmarks_in_image_pixels(
 
     repository = ModelRepository.from_folder(WEIGHTS_DIR, device="cpu")  # as `detector serve`
     images = [scene.image for scene in drawn.values()]
-    unary, streamed, models = served_answers(repository, MODEL, images, SCORE)
+    unary, streamed, models = served_answers(repository, MODEL, images, SCORE, timeout=60)
     assert repository.default == "digits" and {"digits", MODEL} <= set(repository.names)
     (info,) = [m for m in models if m.name == MODEL]
     assert info.landmark_names == KEYPOINT_NAMES and not info.is_default

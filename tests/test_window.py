@@ -301,7 +301,7 @@ def test_a_bordered_pyramid_classifies_windows_that_leave_the_image_as_training_
             boxes = window_boxes(config, tuple(out.shape[-2:]))
             assert boxes[0].tolist() == [-6.0, -6.0, 18.0, 18.0]
             # the level's pixels as uint8, cut like a training crop, must classify alike
-            resized = level_input(image, level, 0)[0]  # (3, h, w), no border
+            resized = resize_to_level(image, level)[0]  # (3, h, w), no border
             as_uint8 = (resized * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
             picks = [0, out.shape[-1] - 1, out.shape[-2] * out.shape[-1] - 1]
             crops = [
